@@ -1,0 +1,53 @@
+// comm: one small facade over c10d process groups for LibTorch 1.13 and 2.x.
+//
+// On 1.13 ProcessGroupGloo/NCCL are ProcessGroups; on 2.x they are Backends wrapped by a
+// ProcessGroup. Either way callers get the native `c10d::ProcessGroup` that user code expects.
+//
+// Example:
+//   c10dtest::GroupOptions o;                       // Gloo on loopback
+//   auto pg = c10dtest::make_process_group(store, rank, size, o);
+//   std::vector<at::Tensor> t{at::ones({4})};
+//   pg->allreduce(t)->wait();
+#pragma once
+
+#include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
+#include <torch/version.h>
+
+#include <chrono>
+#include <string>
+
+namespace c10dtest {
+
+#define C10DTEST_TORCH_GE(major, minor) \
+  (TORCH_VERSION_MAJOR > (major) ||     \
+   (TORCH_VERSION_MAJOR == (major) && TORCH_VERSION_MINOR >= (minor)))
+
+enum class BackendKind { kGloo, kNccl };
+
+const char* to_string(BackendKind kind);
+// "gloo" or "nccl"; throws ConfigError otherwise.
+BackendKind parse_backend(const std::string& name);
+// Whether this LibTorch was built with the NCCL backend (USE_C10D_NCCL).
+bool nccl_available();
+
+using ProcessGroupPtr = c10::intrusive_ptr<c10d::ProcessGroup>;
+
+struct GroupOptions {
+  BackendKind backend = BackendKind::kGloo;
+  // Collective timeout of the group; keep it below the test watchdog.
+  std::chrono::milliseconds timeout{60000};
+  // Gloo: the address this rank's transport binds to. Loopback keeps one-host runs private;
+  // multi-host runs need an address peers can reach (or set GLOO_SOCKET_IFNAME).
+  std::string gloo_hostname = "127.0.0.1";
+  // NCCL: the CUDA device of this rank.
+  int cuda_device = 0;
+  // Only for error messages: "world", "group [0, 2]".
+  std::string name = "world";
+};
+
+// Creates a process group over `store` (which must be private to this group: use a PrefixStore).
+// Collective across the `size` members. Throws ConfigError when the backend is not compiled in.
+ProcessGroupPtr make_process_group(const c10::intrusive_ptr<c10d::Store>& store, int rank,
+                                   int size, const GroupOptions& options);
+
+}  // namespace c10dtest

@@ -1,0 +1,77 @@
+// Control plane: a c10d TCPStore served by rank 0, used for results, barriers, heartbeats and the
+// process groups' own rendezvous. It is independent of the process group under test: a broken
+// collective never takes reporting down with it.
+//
+// Security: on one host the store's address is published only in a private (0700) directory and
+// clients connect over loopback, but c10d's TCPStore listens on all interfaces (c10d offers no bind
+// address); anyone who can reach the port can read and write keys. Multi-host runs
+// (MASTER_ADDR/MASTER_PORT) belong on a trusted network.
+#pragma once
+
+#include <c10/util/intrusive_ptr.h>
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "c10dtest/launch.hpp"
+
+namespace c10d {
+class Store;
+class TCPStore;
+}  // namespace c10d
+
+namespace c10dtest {
+
+class ControlPlane {
+ public:
+  // Rank 0 serves the store (on an ephemeral loopback port for a file rendezvous), every rank
+  // connects, and all meet in a barrier. Throws RendezvousError on timeout, naming the file or
+  // address and the ranks that did not arrive.
+  static std::unique_ptr<ControlPlane> connect(const LaunchInfo& launch,
+                                               std::chrono::milliseconds timeout);
+  ~ControlPlane();
+
+  // A second connection to the same store and key space, for another thread (a c10d store
+  // client serialises its operations, so a blocking wait would stall a shared one).
+  std::unique_ptr<ControlPlane> another_client() const;
+
+  int rank() const { return rank_; }
+  int world_size() const { return world_size_; }
+
+  void set(const std::string& key, const std::string& value);
+  // Waits for the key up to `timeout`, then returns its value; TimeoutError names the key.
+  std::string get(const std::string& key, std::chrono::milliseconds timeout);
+  std::int64_t add(const std::string& key, std::int64_t delta);
+  bool check(const std::vector<std::string>& keys);
+  void wait(const std::vector<std::string>& keys, std::chrono::milliseconds timeout);
+
+  // Every rank contributes `value` under `tag` (unique per call); returns all values by rank.
+  // TimeoutError names the ranks that did not contribute.
+  std::vector<std::string> all_gather(const std::string& tag, const std::string& value,
+                                      std::chrono::milliseconds timeout);
+  void barrier(const std::string& tag, std::chrono::milliseconds timeout);
+
+  // The store under this run's key prefix, for the process groups' rendezvous.
+  c10::intrusive_ptr<c10d::Store> store() const;
+
+ private:
+  ControlPlane(int rank, int world_size, std::string host, int port, std::string prefix,
+               c10::intrusive_ptr<c10d::TCPStore> tcp, std::string rendezvous_file);
+  // Posts this rank's value under `tag` and waits until every rank has.
+  void arrive(const std::string& tag, const std::string& value,
+              std::chrono::milliseconds timeout);
+
+  int rank_;
+  int world_size_;
+  std::string host_;
+  int port_;
+  std::string prefix_;
+  c10::intrusive_ptr<c10d::TCPStore> tcp_;
+  c10::intrusive_ptr<c10d::Store> store_;
+  std::string rendezvous_file_;  // rank 0 removes it on destruction
+};
+
+}  // namespace c10dtest

@@ -1,0 +1,90 @@
+// c10dtest::DistributedTest: the fixture base for tests that run on every rank at once.
+//
+//   class AllReduce : public c10dtest::DistributedTest {};
+//
+//   TEST_F(AllReduce, SumsRanks) {
+//     C10DTEST_REQUIRE_WORLD_SIZE(2);
+//     std::vector<at::Tensor> t{at::full({4}, rank())};
+//     process_group()->allreduce(t)->wait();
+//     EXPECT_TRUE(t[0].equal(at::full({4}, world_size() * (world_size() - 1) / 2)));
+//   }
+//
+// Link c10dtest::main and run with `mpirun -np 4 ./tests` (or --c10dtest_world_size=4). A failure
+// on any rank fails the test on every rank and is printed once by rank 0, naming the rank.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "c10dtest/world.hpp"
+
+namespace c10dtest {
+
+// The seed of the running test: a hash of its full name mixed with --c10dtest_seed. Identical on
+// every rank, different between tests. Outside a test, the seed of "" (still rank-independent).
+std::uint64_t test_seed();
+
+// Number of CUDA devices visible to this process (0 on a CPU-only LibTorch).
+int local_gpu_count();
+
+class DistributedTest : public ::testing::Test {
+ protected:
+  // Seeds ATen's default generators with seed(). Overrides must call DistributedTest::SetUp().
+  void SetUp() override;
+
+  int rank() const { return World::instance().rank(); }
+  int world_size() const { return World::instance().world_size(); }
+  int local_rank() const { return World::instance().local_rank(); }
+  // The world group (native c10d object). Valid for this test only.
+  ProcessGroupPtr process_group() const { return World::instance().process_group(); }
+  // CPU with Gloo, cuda:<local rank> with NCCL.
+  c10::Device device() const { return World::instance().device(); }
+  std::uint64_t seed() const { return test_seed(); }
+  // A barrier on the world group (throws if the group failed, which fails the test).
+  void barrier() const;
+  // Lets this test run `timeout` from its start before the watchdog ends the run.
+  void set_timeout(std::chrono::milliseconds timeout) const {
+    World::instance().set_test_timeout(timeout);
+  }
+  // See World::new_group / new_subgroups: collective, same order on every rank.
+  ProcessGroupPtr new_group(const std::vector<int>& ranks) const {
+    return World::instance().new_group(ranks);
+  }
+  ProcessGroupPtr new_subgroups(const std::vector<std::vector<int>>& groups) const {
+    return World::instance().new_subgroups(groups);
+  }
+};
+
+// For value-parameterised tests: TEST_P over world sizes, backends, ...
+template <typename T>
+class DistributedTestWithParam : public DistributedTest, public ::testing::WithParamInterface<T> {
+};
+
+}  // namespace c10dtest
+
+// Skips the test on every rank unless the world has at least `n` ranks. Use in the test body or
+// SetUp (it returns from the function).
+#define C10DTEST_REQUIRE_WORLD_SIZE(n)                                                      \
+  GTEST_AMBIGUOUS_ELSE_BLOCKER_                                                             \
+  if (const int c10dtest_ws_ = ::c10dtest::World::instance().world_size(); c10dtest_ws_ < (n)) \
+  GTEST_SKIP() << "needs a world size of at least " << (n) << ", have " << c10dtest_ws_
+
+// Skips the test on every rank unless the world has exactly `n` ranks.
+#define C10DTEST_REQUIRE_EXACT_WORLD_SIZE(n)                                                 \
+  GTEST_AMBIGUOUS_ELSE_BLOCKER_                                                             \
+  if (const int c10dtest_ws_ = ::c10dtest::World::instance().world_size(); c10dtest_ws_ != (n)) \
+  GTEST_SKIP() << "needs a world size of exactly " << (n) << ", have " << c10dtest_ws_
+
+// Skips the test on every rank unless every rank sees at least `n` CUDA devices (the decision
+// uses the minimum over all ranks, so it is the same everywhere).
+#define C10DTEST_REQUIRE_GPUS(n)                                                            \
+  GTEST_AMBIGUOUS_ELSE_BLOCKER_                                                             \
+  if (const auto c10dtest_gpus_ =                                                          \
+          ::c10dtest::World::instance().min_over_ranks(::c10dtest::local_gpu_count());     \
+      c10dtest_gpus_ < (n))                                                                 \
+  GTEST_SKIP() << "needs " << (n) << " GPU(s) on every rank, the fewest any rank has is "   \
+               << c10dtest_gpus_

@@ -1,0 +1,92 @@
+// The world: this process's rank, the control plane and the process groups, created once per
+// launch by c10dtest's main (or c10dtest::init) and shared by every test.
+#pragma once
+
+#include <c10/core/Device.h>
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "c10dtest/comm.hpp"
+#include "c10dtest/launch.hpp"
+#include "c10dtest/options.hpp"
+
+namespace c10dtest {
+
+class ControlPlane;
+
+namespace detail {
+class Watchdog;
+class DistributedListener;
+}  // namespace detail
+
+class World {
+ public:
+  // Throws Error when c10dtest was not initialised (the binary must link c10dtest::main, or call
+  // c10dtest::init before RUN_ALL_TESTS).
+  static World& instance();
+  static bool initialized();
+
+  const LaunchInfo& launch() const { return launch_; }
+  const RunOptions& options() const { return options_; }
+  int rank() const { return launch_.rank; }
+  int world_size() const { return launch_.world_size; }
+  int local_rank() const { return launch_.local_rank; }
+  BackendKind backend() const { return backend_; }
+  // CPU for Gloo; cuda:<local rank> for NCCL.
+  c10::Device device() const;
+
+  // The world group. Do not keep it across tests: after a failed test every rank rebuilds it.
+  ProcessGroupPtr process_group();
+
+  // A group of `ranks` (world ranks, each once, ascending or not). Collective: every rank must
+  // call it, in the same order; ranks outside the group get nullptr. Uses the world's backend.
+  ProcessGroupPtr new_group(const std::vector<int>& ranks);
+  // Splits the world into disjoint groups (e.g. the rows of a 2-D mesh) and returns the one that
+  // holds this rank (nullptr if none does). Collective, like new_group.
+  ProcessGroupPtr new_subgroups(const std::vector<std::vector<int>>& groups);
+
+  ControlPlane& control();
+
+  // Per-test watchdog override: the current test may run `timeout` from its start.
+  void set_test_timeout(std::chrono::milliseconds timeout);
+
+  // Collective over the control plane (all ranks, same order, inside a test): the minimum of
+  // every rank's `value`. Used to make skip decisions identical on every rank.
+  std::int64_t min_over_ranks(std::int64_t value);
+
+  ~World();
+
+ private:
+  friend int init(int* argc, char** argv);
+  friend int finalize(int exit_code);
+  friend class detail::Watchdog;
+  friend class detail::DistributedListener;
+
+  World(LaunchInfo launch, RunOptions options);
+  void start();
+  int stop(int exit_code);
+
+  GroupOptions group_options(const std::string& name) const;
+  void release_process_groups();
+  void rebuild_process_groups();
+  // Control-plane key prefix of the running test: "t/<iteration>/<index>".
+  std::string test_key() const;
+
+  LaunchInfo launch_;
+  RunOptions options_;
+  BackendKind backend_;
+  std::unique_ptr<ControlPlane> control_;
+  std::unique_ptr<detail::Watchdog> watchdog_;
+  ProcessGroupPtr world_group_;
+  int generation_ = 0;
+  int group_seq_ = 0;
+  int iteration_ = 0;
+  int test_index_ = -1;
+  int call_seq_ = 0;
+};
+
+}  // namespace c10dtest

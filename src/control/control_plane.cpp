@@ -1,0 +1,212 @@
+#include "c10dtest/control_plane.hpp"
+
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "c10dtest/error.hpp"
+
+namespace c10dtest {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::vector<std::uint8_t> bytes(const std::string& s) { return {s.begin(), s.end()}; }
+std::string text(const std::vector<std::uint8_t>& b) { return {b.begin(), b.end()}; }
+
+std::chrono::milliseconds remaining(Clock::time_point deadline) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+}
+
+c10::intrusive_ptr<c10d::TCPStore> make_tcp(const std::string& host, int port, bool server,
+                                            int world_size, std::chrono::milliseconds timeout) {
+  c10d::TCPStoreOptions opts;
+  opts.port = static_cast<std::uint16_t>(port);
+  opts.isServer = server;
+  opts.numWorkers = static_cast<std::size_t>(world_size);
+  opts.waitWorkers = false;
+  // LibTorch 1.13 keeps the connect timeout in whole seconds.
+  opts.timeout = std::max(timeout, std::chrono::milliseconds(1000));
+  return c10::make_intrusive<c10d::TCPStore>(host, opts);
+}
+
+void publish_port(const std::string& file, int port, const std::string& job) {
+  const std::string tmp = file + ".tmp" + std::to_string(getpid());
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << port << ' ' << job << '\n';
+    if (!out) throw RendezvousError("cannot write rendezvous file " + tmp);
+  }
+  if (std::rename(tmp.c_str(), file.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    throw RendezvousError("cannot rename " + tmp + " to " + file);
+  }
+}
+
+bool read_port(const std::string& file, const std::string& job, int* port) {
+  std::ifstream in(file);
+  std::string got_job;
+  return static_cast<bool>(in >> *port >> got_job) && got_job == job;
+}
+
+}  // namespace
+
+ControlPlane::ControlPlane(int rank, int world_size, std::string host, int port,
+                           std::string prefix, c10::intrusive_ptr<c10d::TCPStore> tcp,
+                           std::string rendezvous_file)
+    : rank_(rank),
+      world_size_(world_size),
+      host_(std::move(host)),
+      port_(port),
+      prefix_(std::move(prefix)),
+      tcp_(std::move(tcp)),
+      store_(c10::make_intrusive<c10d::PrefixStore>(prefix_, tcp_)),
+      rendezvous_file_(std::move(rendezvous_file)) {}
+
+ControlPlane::~ControlPlane() {
+  if (!rendezvous_file_.empty()) std::remove(rendezvous_file_.c_str());
+}
+
+std::unique_ptr<ControlPlane> ControlPlane::connect(const LaunchInfo& launch,
+                                                    std::chrono::milliseconds timeout) {
+  const auto deadline = Clock::now() + timeout;
+  const std::string prefix = "c10dtest/" + launch.job_id;
+  const int rank = launch.rank;
+  const int size = launch.world_size;
+  std::unique_ptr<ControlPlane> cp;
+
+  if (launch.rendezvous == RendezvousKind::kNone) {
+    // World size 1: a private store on an ephemeral port, for uniform code paths.
+    auto tcp = make_tcp("127.0.0.1", 0, true, 1, timeout);
+    cp.reset(new ControlPlane(0, 1, "127.0.0.1", tcp->getPort(), prefix, tcp, ""));
+  } else if (launch.rendezvous == RendezvousKind::kAddress) {
+    const bool serve = rank == 0 && !launch.store_is_external;
+    c10::intrusive_ptr<c10d::TCPStore> tcp;
+    try {
+      tcp = make_tcp(launch.master_addr, launch.master_port, serve, size, timeout);
+    } catch (const std::exception& e) {
+      throw RendezvousError(launch.describe() + ": cannot " +
+                            std::string(serve ? "serve" : "reach") + " the store at " +
+                            launch.master_addr + ":" + std::to_string(launch.master_port) +
+                            ": " + e.what());
+    }
+    cp.reset(new ControlPlane(rank, size, launch.master_addr, launch.master_port, prefix, tcp,
+                              ""));
+  } else if (rank == 0) {
+    auto tcp = make_tcp("127.0.0.1", 0, true, size, timeout);
+    cp.reset(new ControlPlane(0, size, "127.0.0.1", tcp->getPort(), prefix, tcp,
+                              launch.rendezvous_file));
+    cp->set("hello", launch.job_id);
+    publish_port(launch.rendezvous_file, tcp->getPort(), launch.job_id);
+  } else {
+    // Poll for rank 0's port; a stale file from a dead job fails the hello check and is retried.
+    std::string last_error = "the file did not appear";
+    while (!cp) {
+      int port = 0;
+      if (read_port(launch.rendezvous_file, launch.job_id, &port)) {
+        try {
+          auto tcp = make_tcp("127.0.0.1", port, false, size, std::chrono::milliseconds(2000));
+          auto candidate = std::unique_ptr<ControlPlane>(
+              new ControlPlane(rank, size, "127.0.0.1", port, prefix, tcp, ""));
+          if (candidate->check({"hello"}) &&
+              text(candidate->store_->get("hello")) == launch.job_id) {
+            cp = std::move(candidate);
+            break;
+          }
+          last_error = "port " + std::to_string(port) + " answered for another job";
+        } catch (const std::exception& e) {
+          last_error = "port " + std::to_string(port) + ": " + e.what();
+        }
+      }
+      if (Clock::now() >= deadline) {
+        throw RendezvousError(launch.describe() + ": rank 0 did not publish its store in " +
+                              launch.rendezvous_file + " within " +
+                              std::to_string(timeout.count()) + " ms (" + last_error + ")");
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  }
+  cp->tcp_->setTimeout(timeout);
+  try {
+    cp->barrier("start", std::max(remaining(deadline), std::chrono::milliseconds(1)));
+  } catch (const TimeoutError& e) {
+    throw RendezvousError(launch.describe() + ": " + e.what());
+  }
+  return cp;
+}
+
+std::unique_ptr<ControlPlane> ControlPlane::another_client() const {
+  auto tcp = make_tcp(host_, port_, false, world_size_, std::chrono::milliseconds(10000));
+  return std::unique_ptr<ControlPlane>(
+      new ControlPlane(rank_, world_size_, host_, port_, prefix_, tcp, ""));
+}
+
+void ControlPlane::set(const std::string& key, const std::string& value) {
+  store_->set(key, bytes(value));
+}
+
+std::string ControlPlane::get(const std::string& key, std::chrono::milliseconds timeout) {
+  wait({key}, timeout);
+  return text(store_->get(key));
+}
+
+std::int64_t ControlPlane::add(const std::string& key, std::int64_t delta) {
+  return store_->add(key, delta);
+}
+
+bool ControlPlane::check(const std::vector<std::string>& keys) { return store_->check(keys); }
+
+void ControlPlane::wait(const std::vector<std::string>& keys, std::chrono::milliseconds timeout) {
+  try {
+    store_->wait(keys, timeout);
+  } catch (const std::exception& e) {
+    if (check(keys)) return;
+    std::ostringstream os;
+    os << "timed out after " << timeout.count() << " ms waiting for control-plane key(s)";
+    for (const auto& k : keys) os << ' ' << k;
+    throw TimeoutError(os.str());
+  }
+}
+
+void ControlPlane::arrive(const std::string& tag, const std::string& value,
+                          std::chrono::milliseconds timeout) {
+  set(tag + "/" + std::to_string(rank_), value);
+  if (add(tag + "/n", 1) == world_size_) set(tag + "/all", "1");
+  try {
+    wait({tag + "/all"}, timeout);
+  } catch (const TimeoutError&) {
+    std::ostringstream os;
+    os << "'" << tag << "': ranks";
+    for (int r = 0; r < world_size_; ++r) {
+      if (!check({tag + "/" + std::to_string(r)})) os << ' ' << r;
+    }
+    os << " did not arrive within " << timeout.count() << " ms";
+    throw TimeoutError(os.str());
+  }
+}
+
+std::vector<std::string> ControlPlane::all_gather(const std::string& tag,
+                                                  const std::string& value,
+                                                  std::chrono::milliseconds timeout) {
+  arrive(tag, value, timeout);
+  std::vector<std::string> out(static_cast<std::size_t>(world_size_));
+  for (int r = 0; r < world_size_; ++r) {
+    out[static_cast<std::size_t>(r)] =
+        r == rank_ ? value : text(store_->get(tag + "/" + std::to_string(r)));
+  }
+  return out;
+}
+
+void ControlPlane::barrier(const std::string& tag, std::chrono::milliseconds timeout) {
+  arrive(tag, "", timeout);
+}
+
+c10::intrusive_ptr<c10d::Store> ControlPlane::store() const { return store_; }
+
+}  // namespace c10dtest

@@ -1,0 +1,31 @@
+#include "c10dtest/distributed_test.hpp"
+
+#include <ATen/Context.h>
+#include <torch/cuda.h>
+
+namespace c10dtest {
+
+std::uint64_t test_seed() {
+  const ::testing::TestInfo* info = ::testing::UnitTest::GetInstance()->current_test_info();
+  std::string name;
+  if (info != nullptr) name = std::string(info->test_suite_name()) + "." + info->name();
+  std::uint64_t h = 1469598103934665603ULL;
+  for (unsigned char c : name) {
+    h ^= c;
+    h *= 1099511628211ULL;
+  }
+  const std::uint64_t base = World::initialized() ? World::instance().options().seed : 0;
+  // splitmix64 of the name hash and the run seed.
+  std::uint64_t z = h + base * 0x9E3779B97F4A7C15ULL;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  return (z ^ (z >> 31)) & ((1ULL << 63) - 1);
+}
+
+int local_gpu_count() { return static_cast<int>(torch::cuda::device_count()); }
+
+void DistributedTest::SetUp() { at::manual_seed(seed()); }
+
+void DistributedTest::barrier() const { process_group()->barrier()->wait(); }
+
+}  // namespace c10dtest

@@ -1,0 +1,145 @@
+// Private pieces of the gtest integration layer.
+#pragma once
+
+#include <gtest/gtest.h>
+#include <pthread.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "c10dtest/control_plane.hpp"
+#include "c10dtest/options.hpp"
+
+namespace c10dtest {
+
+class World;
+
+namespace detail {
+
+// ---- signals.cpp -------------------------------------------------------------------------------
+// Fatal signals (SEGV, BUS, FPE, ILL, ABRT) print "c10dtest: rank R of W: fatal signal ... in
+// test T" and a backtrace to stderr, then die with the same signal.
+void install_fatal_signal_handlers(int rank, int world_size);
+// The test name the fatal-signal handler reports (copied; empty outside tests).
+void set_current_test_name(const std::string& name);
+// Records the calling thread as the one whose stack capture_main_stack() reads.
+void register_main_thread();
+// Interrupts the main thread, collects its backtrace and returns it symbolised, one frame a line
+// ("" if it did not answer within `wait`).
+std::string capture_main_stack(std::chrono::milliseconds wait);
+
+// ---- results -----------------------------------------------------------------------------------
+struct FailurePart {
+  std::string file;
+  int line = -1;
+  std::string message;
+  bool fatal = false;
+};
+
+// One rank's outcome of one test, as it travels through the control plane.
+struct RankResult {
+  char status = 'P';  // P passed, F failed, S skipped
+  std::string test_name;
+  std::int64_t first_failure_ms = 0;  // wall clock of this rank's first failure
+  std::vector<FailurePart> failures;  // at most kMaxParts, each message at most kMaxMessage
+  std::string skip_message;
+  int omitted_parts = 0;
+
+  static constexpr std::size_t kMaxParts = 10;
+  static constexpr std::size_t kMaxMessage = 4000;
+
+  std::string serialize() const;
+  // Throws Error on malformed input.
+  static RankResult parse(const std::string& data);
+};
+
+RankResult result_of(const ::testing::TestInfo& info, std::int64_t first_failure_ms);
+
+// ---- watchdog.cpp ------------------------------------------------------------------------------
+// A thread per rank with its own control-plane connection: heartbeats, the per-test deadline and
+// (on rank 0) detection of dead ranks. It ends the whole run when a test overruns or a rank dies.
+class Watchdog {
+ public:
+  Watchdog(std::unique_ptr<ControlPlane> client, const RunOptions& options);
+  ~Watchdog();
+
+  void start();
+  void stop();  // announces this rank's orderly exit, then joins
+
+  // Arms the deadline for the test about to run.
+  void arm(const std::string& test_name, const std::string& test_key);
+  void set_timeout(std::chrono::milliseconds timeout);
+  // This rank has posted its result for the armed test.
+  void result_posted();
+  void disarm();
+
+ private:
+  using Clock = std::chrono::steady_clock;
+  void loop();
+  void beat_and_check();
+  void on_deadline();
+  void check_peers();
+  [[noreturn]] void end_run(int code, const std::string& report);
+
+  std::unique_ptr<ControlPlane> cp_;
+  RunOptions options_;
+  std::thread thread_;
+  std::atomic<bool> stop_{false};
+
+  std::mutex mu_;
+  std::string test_name_;
+  std::string test_key_;
+  Clock::time_point test_start_{};
+  Clock::time_point deadline_ = Clock::time_point::max();
+  std::chrono::milliseconds timeout_{0};
+  bool posted_ = false;
+  bool expired_reported_ = false;
+  Clock::time_point expired_at_{};
+
+  Clock::time_point last_beat_{};
+  std::vector<std::int64_t> peer_beats_;
+  std::vector<Clock::time_point> peer_seen_;
+};
+
+// ---- listener.cpp ------------------------------------------------------------------------------
+// Replaces gtest's printer: aggregates each test's result over all ranks, makes every rank agree
+// on the verdict, and (rank 0 only) prints it once, naming the ranks.
+class DistributedListener : public ::testing::EmptyTestEventListener {
+ public:
+  DistributedListener(World& world, Watchdog& watchdog);
+
+  void OnTestProgramStart(const ::testing::UnitTest& unit) override;
+  void OnTestIterationStart(const ::testing::UnitTest& unit, int iteration) override;
+  void OnTestStart(const ::testing::TestInfo& info) override;
+  void OnTestPartResult(const ::testing::TestPartResult& part) override;
+  void OnTestEnd(const ::testing::TestInfo& info) override;
+  void OnTestIterationEnd(const ::testing::UnitTest& unit, int iteration) override;
+
+ private:
+  void check_test_lists(const ::testing::UnitTest& unit, int iteration);
+  void print_end(const ::testing::TestInfo& info, const std::vector<RankResult>& results);
+
+  World& world_;
+  Watchdog& watchdog_;
+  bool print_;
+  bool brief_;
+  bool color_;
+  std::int64_t first_failure_ms_ = 0;
+  std::chrono::steady_clock::time_point iteration_start_{};
+  struct Outcome {
+    std::string name;
+    std::string ranks;
+  };
+  std::vector<Outcome> failed_;
+  std::vector<Outcome> skipped_;
+  int passed_ = 0;
+};
+
+}  // namespace detail
+}  // namespace c10dtest

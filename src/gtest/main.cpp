@@ -1,0 +1,109 @@
+#include "c10dtest/main.hpp"
+
+#include <fcntl.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "c10dtest/control_plane.hpp"
+#include "c10dtest/error.hpp"
+#include "c10dtest/world.hpp"
+#include "internal.hpp"
+#include "launch/spawn.hpp"
+
+namespace c10dtest {
+
+namespace detail {
+std::unique_ptr<World>& world_slot();
+}  // namespace detail
+
+namespace {
+
+void redirect_output(const std::string& dir, int rank) {
+  mkdir(dir.c_str(), 0755);
+  const std::string path = dir + "/rank-" + std::to_string(rank) + ".log";
+  const int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) throw ConfigError("--c10dtest_log_dir: cannot open " + path);
+  std::fflush(stdout);
+  std::fflush(stderr);
+  dup2(fd, STDOUT_FILENO);
+  dup2(fd, STDERR_FILENO);
+  close(fd);
+}
+
+// Every rank must shuffle with the same seed: rank 0's (from --gtest_random_seed or the clock).
+void agree_on_shuffle_seed(ControlPlane& cp, const RunOptions& options) {
+  if (cp.rank() == 0) {
+    int seed = GTEST_FLAG_GET(random_seed);
+    if (seed == 0) {
+      const auto now = std::chrono::system_clock::now().time_since_epoch();
+      seed = static_cast<int>(
+                 std::chrono::duration_cast<std::chrono::milliseconds>(now).count() % 99999) +
+             1;
+    }
+    cp.set("random_seed", std::to_string(seed));
+  }
+  GTEST_FLAG_SET(random_seed, std::stoi(cp.get("random_seed", options.rendezvous_timeout)));
+}
+
+}  // namespace
+
+int init(int* argc, char** argv) {
+  const std::vector<std::string> original(argv, argv + *argc);
+  try {
+    const EnvLookup env = process_env();
+    const RunOptions options = parse_run_options(argc, argv, env);
+    ::testing::InitGoogleMock(argc, argv);
+    const LaunchInfo launch = detect_launch(env, options.spawn_world_size);
+    if (launch.launcher == Launcher::kSelfSpawnParent) {
+      return detail::spawn_and_supervise(original, launch.world_size, options);
+    }
+    if (GTEST_FLAG_GET(list_tests)) {
+      if (launch.rank != 0 && std::freopen("/dev/null", "w", stdout) == nullptr) return 1;
+      return -1;
+    }
+    if (!options.log_dir.empty() && launch.rank != 0) redirect_output(options.log_dir, launch.rank);
+    detail::install_fatal_signal_handlers(launch.rank, launch.world_size);
+    detail::register_main_thread();
+
+    auto& slot = detail::world_slot();
+    slot.reset(new World(launch, options));
+    slot->start();
+    agree_on_shuffle_seed(slot->control(), options);
+
+    auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
+    delete listeners.Release(listeners.default_result_printer());
+    // One report file: rank 0's, which holds every rank's failures.
+    if (launch.rank != 0) delete listeners.Release(listeners.default_xml_generator());
+    listeners.Append(new detail::DistributedListener(*slot, *slot->watchdog_));
+    return -1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "c10dtest: %s\n", e.what());
+    std::fflush(stderr);
+    return kExitConfigError;
+  }
+}
+
+int finalize(int exit_code) {
+  auto& slot = detail::world_slot();
+  if (!slot) return exit_code;
+  const int code = slot->stop(exit_code);
+  slot.reset();
+  std::fflush(stdout);
+  std::fflush(stderr);
+  return code;
+}
+
+int run_main(int argc, char** argv) {
+  const int done = init(&argc, argv);
+  if (done >= 0) return done;
+  return finalize(RUN_ALL_TESTS());
+}
+
+}  // namespace c10dtest

@@ -1,0 +1,225 @@
+#include <unistd.h>
+
+#include <cstdio>
+#include <sstream>
+
+#include "internal.hpp"
+
+namespace c10dtest::detail {
+
+namespace {
+constexpr std::chrono::milliseconds kTick{50};
+constexpr std::chrono::milliseconds kBeatEvery{500};
+// How long rank 0 waits for the other ranks' reports (and stacks) after a deadline.
+constexpr std::chrono::milliseconds kReportGrace{5000};
+// How long other ranks wait for rank 0's verdict before ending on their own.
+constexpr std::chrono::milliseconds kAbortGrace{15000};
+
+std::string join_ranks(const std::vector<int>& ranks) {
+  std::ostringstream os;
+  for (std::size_t i = 0; i < ranks.size(); ++i) os << (i ? ", " : "") << ranks[i];
+  return os.str();
+}
+}  // namespace
+
+Watchdog::Watchdog(std::unique_ptr<ControlPlane> client, const RunOptions& options)
+    : cp_(std::move(client)), options_(options), timeout_(options.test_timeout) {}
+
+Watchdog::~Watchdog() {
+  stop_ = true;
+  if (thread_.joinable()) thread_.join();
+}
+
+void Watchdog::start() {
+  const auto now = Clock::now();
+  last_beat_ = now - kBeatEvery;
+  peer_beats_.assign(static_cast<std::size_t>(cp_->world_size()), -1);
+  peer_seen_.assign(static_cast<std::size_t>(cp_->world_size()), now);
+  thread_ = std::thread([this] { loop(); });
+}
+
+void Watchdog::stop() {
+  if (!thread_.joinable()) return;
+  stop_ = true;
+  thread_.join();
+  try {
+    cp_->set("bye/" + std::to_string(cp_->rank()), "1");
+  } catch (const std::exception&) {
+  }
+}
+
+void Watchdog::arm(const std::string& test_name, const std::string& test_key) {
+  std::lock_guard<std::mutex> lock(mu_);
+  test_name_ = test_name;
+  test_key_ = test_key;
+  test_start_ = Clock::now();
+  timeout_ = options_.test_timeout;
+  deadline_ = test_start_ + timeout_;
+  posted_ = false;
+  expired_reported_ = false;
+}
+
+void Watchdog::set_timeout(std::chrono::milliseconds timeout) {
+  std::lock_guard<std::mutex> lock(mu_);
+  timeout_ = timeout;
+  if (deadline_ != Clock::time_point::max()) deadline_ = test_start_ + timeout;
+}
+
+void Watchdog::result_posted() {
+  std::lock_guard<std::mutex> lock(mu_);
+  posted_ = true;
+}
+
+void Watchdog::disarm() {
+  std::lock_guard<std::mutex> lock(mu_);
+  deadline_ = Clock::time_point::max();
+  test_name_.clear();
+}
+
+void Watchdog::loop() {
+  while (!stop_) {
+    try {
+      beat_and_check();
+    } catch (const std::exception& e) {
+      if (stop_) break;
+      std::fprintf(stderr,
+                   "c10dtest: rank %d of %d lost the control plane served by rank 0 (%s); "
+                   "rank 0 has probably died. Ending this rank.\n",
+                   cp_->rank(), cp_->world_size(), e.what());
+      std::fflush(stdout);
+      std::fflush(stderr);
+      _exit(kExitRankDied);
+    }
+    std::this_thread::sleep_for(kTick);
+  }
+}
+
+void Watchdog::beat_and_check() {
+  if (cp_->check({"abort"})) {
+    const std::string code = cp_->get("abort", std::chrono::milliseconds(1000));
+    cp_->add("abort_ack", 1);
+    std::fflush(stdout);
+    std::fflush(stderr);
+    _exit(std::atoi(code.c_str()));
+  }
+  const auto now = Clock::now();
+  if (now - last_beat_ >= kBeatEvery) {
+    cp_->add("hb/" + std::to_string(cp_->rank()), 1);
+    last_beat_ = now;
+    if (cp_->rank() == 0) check_peers();
+  }
+  bool expired = false;
+  bool waited_too_long = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    expired = now >= deadline_ && !expired_reported_;
+    waited_too_long = expired_reported_ && now - expired_at_ > kAbortGrace;
+  }
+  if (expired) on_deadline();
+  if (waited_too_long) {
+    std::fprintf(stderr,
+                 "c10dtest: rank %d of %d: test %s ran past its timeout and rank 0 did not end "
+                 "the run; ending this rank.\n",
+                 cp_->rank(), cp_->world_size(), test_name_.c_str());
+    std::fflush(stdout);
+    std::fflush(stderr);
+    _exit(kExitTimeout);
+  }
+}
+
+void Watchdog::on_deadline() {
+  std::string name;
+  std::string key;
+  bool posted = false;
+  std::chrono::milliseconds timeout{0};
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    expired_reported_ = true;
+    expired_at_ = Clock::now();
+    name = test_name_;
+    key = test_key_;
+    posted = posted_;
+    timeout = timeout_;
+  }
+  const int rank = cp_->rank();
+  const int size = cp_->world_size();
+  const std::string stack = posted ? "" : capture_main_stack(std::chrono::milliseconds(2000));
+  cp_->set(key + "/expired/" + std::to_string(rank), posted ? "W" : "S" + stack);
+  if (rank != 0) return;
+
+  // Rank 0 gathers what the others saw, then ends the run for everybody.
+  const auto until = Clock::now() + kReportGrace;
+  std::vector<std::string> keys;
+  for (int r = 0; r < size; ++r) keys.push_back(key + "/expired/" + std::to_string(r));
+  while (Clock::now() < until && !cp_->check(keys)) std::this_thread::sleep_for(kTick);
+
+  std::vector<int> stuck;
+  std::vector<int> waiting;
+  for (int r = 0; r < size; ++r) {
+    (cp_->check({key + "/res/" + std::to_string(r)}) ? waiting : stuck).push_back(r);
+  }
+  std::ostringstream os;
+  os << "[  TIMEOUT ] " << name << " did not finish within " << timeout.count() << " ms on "
+     << (stuck.size() == 1 ? "rank " : "ranks ") << join_ranks(stuck) << " of " << size;
+  if (!waiting.empty()) {
+    os << " (" << (waiting.size() == 1 ? "rank " : "ranks ") << join_ranks(waiting)
+       << " finished and waited)";
+  }
+  os << "\n";
+  for (int r : stuck) {
+    const std::string k = key + "/expired/" + std::to_string(r);
+    std::string trace;
+    if (cp_->check({k})) trace = cp_->get(k, std::chrono::milliseconds(1000)).substr(1);
+    os << "--- rank " << r << ", main thread:\n"
+       << (trace.empty() ? "  (no stack: the rank did not answer)\n" : trace);
+  }
+  os << "c10dtest: ending all " << size << " ranks (exit code " << kExitTimeout
+     << "); raise the limit with --c10dtest_timeout=SECONDS or set_timeout() in the test\n";
+  end_run(kExitTimeout, os.str());
+}
+
+void Watchdog::check_peers() {
+  const auto now = Clock::now();
+  for (int r = 1; r < cp_->world_size(); ++r) {
+    const auto i = static_cast<std::size_t>(r);
+    const std::int64_t beats = cp_->add("hb/" + std::to_string(r), 0);
+    if (beats != peer_beats_[i]) {
+      peer_beats_[i] = beats;
+      peer_seen_[i] = now;
+      continue;
+    }
+    const auto silent = std::chrono::duration_cast<std::chrono::milliseconds>(now - peer_seen_[i]);
+    if (silent < options_.heartbeat_timeout || cp_->check({"bye/" + std::to_string(r)})) continue;
+    std::string name;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      name = test_name_;
+    }
+    std::ostringstream os;
+    os << "[  DEAD    ] rank " << r << " of " << cp_->world_size()
+       << " stopped responding: no heartbeat for " << silent.count() << " ms"
+       << (name.empty() ? std::string() : " during " + name)
+       << " (it crashed, was killed or exited early)\n"
+       << "c10dtest: ending all ranks (exit code " << kExitRankDied << ")\n";
+    end_run(kExitRankDied, os.str());
+  }
+}
+
+void Watchdog::end_run(int code, const std::string& report) {
+  std::fflush(stdout);
+  std::fputs(report.c_str(), stdout);
+  std::fflush(stdout);
+  try {
+    cp_->set("abort", std::to_string(code));
+    // Keep serving the store until the others have read the verdict.
+    const auto until = Clock::now() + std::chrono::milliseconds(3000);
+    while (Clock::now() < until && cp_->add("abort_ack", 0) < cp_->world_size() - 1) {
+      std::this_thread::sleep_for(kTick);
+    }
+  } catch (const std::exception&) {
+  }
+  std::fflush(stderr);
+  _exit(code);
+}
+
+}  // namespace c10dtest::detail

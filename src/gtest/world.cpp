@@ -1,0 +1,167 @@
+#include "c10dtest/world.hpp"
+
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <unistd.h>
+
+#include <algorithm>
+#include <set>
+#include <sstream>
+
+#include "c10dtest/control_plane.hpp"
+#include "c10dtest/error.hpp"
+#include "internal.hpp"
+
+namespace c10dtest {
+
+namespace detail {
+std::unique_ptr<World>& world_slot() {
+  static std::unique_ptr<World> world;
+  return world;
+}
+}  // namespace detail
+
+World& World::instance() {
+  auto& w = detail::world_slot();
+  if (!w) {
+    throw Error(
+        "c10dtest is not initialised: link c10dtest::main instead of GTest::gtest_main, or call "
+        "c10dtest::init() before RUN_ALL_TESTS()");
+  }
+  return *w;
+}
+
+bool World::initialized() { return detail::world_slot() != nullptr; }
+
+World::World(LaunchInfo launch, RunOptions options)
+    : launch_(std::move(launch)),
+      options_(std::move(options)),
+      backend_(parse_backend(options_.backend)) {}
+
+World::~World() = default;
+
+c10::Device World::device() const {
+  if (backend_ == BackendKind::kNccl) {
+    return c10::Device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(local_rank()));
+  }
+  return c10::Device(c10::DeviceType::CPU);
+}
+
+GroupOptions World::group_options(const std::string& name) const {
+  GroupOptions o;
+  o.backend = backend_;
+  o.timeout = options_.effective_collective_timeout();
+  o.cuda_device = local_rank();
+  o.name = name;
+  if (launch_.local_world_size != launch_.world_size) {
+    char host[256] = {0};
+    if (gethostname(host, sizeof(host) - 1) == 0) o.gloo_hostname = host;
+  }
+  return o;
+}
+
+void World::start() {
+  if (backend_ == BackendKind::kNccl && !nccl_available()) {
+    throw ConfigError("--c10dtest_backend=nccl: this LibTorch was built without NCCL");
+  }
+  control_ = ControlPlane::connect(launch_, options_.rendezvous_timeout);
+  watchdog_ = std::make_unique<detail::Watchdog>(control_->another_client(), options_);
+  watchdog_->start();
+  rebuild_process_groups();
+}
+
+ProcessGroupPtr World::process_group() {
+  if (!world_group_) {
+    throw Error("the world process group is being rebuilt after a failed test; call "
+                "process_group() inside a test instead of keeping it across tests");
+  }
+  return world_group_;
+}
+
+ControlPlane& World::control() { return *control_; }
+
+void World::release_process_groups() { world_group_.reset(); }
+
+void World::rebuild_process_groups() {
+  world_group_.reset();
+  ++generation_;
+  auto store = c10::make_intrusive<c10d::PrefixStore>(
+      "pg/" + std::to_string(generation_) + "/world", control_->store());
+  world_group_ = make_process_group(store, rank(), world_size(), group_options("world"));
+}
+
+ProcessGroupPtr World::new_subgroups(const std::vector<std::vector<int>>& groups) {
+  std::set<int> seen;
+  for (const auto& g : groups) {
+    if (g.empty()) throw ConfigError("new_subgroups: a group is empty");
+    for (int r : g) {
+      if (r < 0 || r >= world_size()) {
+        throw ConfigError("new_subgroups: rank " + std::to_string(r) +
+                          " is outside the world of " + std::to_string(world_size()));
+      }
+      if (!seen.insert(r).second) {
+        throw ConfigError("new_subgroups: rank " + std::to_string(r) + " appears twice");
+      }
+    }
+  }
+  const int seq = group_seq_++;
+  ProcessGroupPtr mine;
+  for (std::size_t i = 0; i < groups.size(); ++i) {
+    const auto& g = groups[i];
+    const auto it = std::find(g.begin(), g.end(), rank());
+    if (it == g.end()) continue;
+    std::ostringstream name;
+    name << "group [";
+    for (std::size_t k = 0; k < g.size(); ++k) name << (k ? ", " : "") << g[k];
+    name << "]";
+    auto store = c10::make_intrusive<c10d::PrefixStore>(
+        "pg/" + std::to_string(generation_) + "/g" + std::to_string(seq) + "." +
+            std::to_string(i),
+        control_->store());
+    mine = make_process_group(store, static_cast<int>(it - g.begin()),
+                              static_cast<int>(g.size()), group_options(name.str()));
+  }
+  return mine;
+}
+
+ProcessGroupPtr World::new_group(const std::vector<int>& ranks) {
+  return new_subgroups({ranks});
+}
+
+std::string World::test_key() const {
+  return "t/" + std::to_string(iteration_) + "/" + std::to_string(test_index_);
+}
+
+void World::set_test_timeout(std::chrono::milliseconds timeout) {
+  if (timeout.count() <= 0) throw ConfigError("set_timeout: the timeout must be positive");
+  watchdog_->set_timeout(timeout);
+}
+
+std::int64_t World::min_over_ranks(std::int64_t value) {
+  const auto values = control_->all_gather(test_key() + "/min/" + std::to_string(call_seq_++),
+                                           std::to_string(value), options_.test_timeout);
+  std::int64_t m = value;
+  for (const auto& v : values) m = std::min<std::int64_t>(m, std::stoll(v));
+  return m;
+}
+
+int World::stop(int exit_code) {
+  int code = exit_code;
+  try {
+    for (const auto& c : control_->all_gather("exit", std::to_string(exit_code),
+                                              options_.rendezvous_timeout)) {
+      code = std::max(code, std::stoi(c));
+    }
+    watchdog_->stop();
+    control_->barrier("end", options_.rendezvous_timeout);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "c10dtest: %s: could not finish together with the other ranks: %s\n",
+                 launch_.describe().c_str(), e.what());
+    code = std::max(code, kExitRankDied);
+  }
+  world_group_.reset();
+  watchdog_.reset();
+  control_.reset();
+  return code;
+}
+
+}  // namespace c10dtest
