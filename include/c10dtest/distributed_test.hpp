@@ -24,8 +24,11 @@
 
 namespace c10dtest {
 
-// The seed of the running test: a hash of its full name mixed with --c10dtest_seed. Identical on
-// every rank, different between tests. Outside a test, the seed of "" (still rank-independent).
+// The seed of the test named `full_name` ("Suite.Test"): a hash of the name mixed with
+// --c10dtest_seed (`run_seed`). Identical on every rank, different between tests.
+std::uint64_t seed_for(const std::string& full_name, std::uint64_t run_seed);
+
+// seed_for() of the running test and this run's --c10dtest_seed ("" outside a test).
 std::uint64_t test_seed();
 
 // Number of CUDA devices visible to this process (0 on a CPU-only LibTorch).

@@ -5,21 +5,24 @@
 
 namespace c10dtest {
 
+std::uint64_t seed_for(const std::string& full_name, std::uint64_t run_seed) {
+  std::uint64_t h = 1469598103934665603ULL;  // FNV-1a
+  for (unsigned char c : full_name) {
+    h ^= c;
+    h *= 1099511628211ULL;
+  }
+  // splitmix64 of the name hash and the run seed, kept positive for int64 consumers.
+  std::uint64_t z = h + run_seed * 0x9E3779B97F4A7C15ULL;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  return (z ^ (z >> 31)) & ((1ULL << 63) - 1);
+}
+
 std::uint64_t test_seed() {
   const ::testing::TestInfo* info = ::testing::UnitTest::GetInstance()->current_test_info();
   std::string name;
   if (info != nullptr) name = std::string(info->test_suite_name()) + "." + info->name();
-  std::uint64_t h = 1469598103934665603ULL;
-  for (unsigned char c : name) {
-    h ^= c;
-    h *= 1099511628211ULL;
-  }
-  const std::uint64_t base = World::initialized() ? World::instance().options().seed : 0;
-  // splitmix64 of the name hash and the run seed.
-  std::uint64_t z = h + base * 0x9E3779B97F4A7C15ULL;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-  return (z ^ (z >> 31)) & ((1ULL << 63) - 1);
+  return seed_for(name, World::initialized() ? World::instance().options().seed : 0);
 }
 
 int local_gpu_count() { return static_cast<int>(torch::cuda::device_count()); }

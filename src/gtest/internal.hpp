@@ -85,7 +85,9 @@ class Watchdog {
   void beat_and_check();
   void on_deadline();
   void check_peers();
-  [[noreturn]] void end_run(int code, const std::string& report);
+  // Rank 0: prints `report`, tells every rank to exit with `code`, waits (briefly) until
+  // `acks_expected` ranks have read it, then exits.
+  [[noreturn]] void end_run(int code, const std::string& report, int acks_expected);
 
   std::unique_ptr<ControlPlane> cp_;
   RunOptions options_;

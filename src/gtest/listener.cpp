@@ -21,10 +21,16 @@ constexpr std::chrono::milliseconds kNoLimit{std::chrono::hours(24 * 365)};
 
 enum class Color { kNone, kGreen, kRed, kYellow };
 
-bool want_color() {
+bool want_color(Launcher launcher) {
   const std::string flag = GTEST_FLAG_GET(color);
   if (flag == "yes" || flag == "true" || flag == "t" || flag == "1") return true;
   if (flag != "auto") return false;
+  // MPI launchers and srun hand ranks a pseudo-terminal whatever the user's output is (a CI
+  // log, a pipe): color only on request there.
+  if (launcher == Launcher::kOpenMPI || launcher == Launcher::kMPICH ||
+      launcher == Launcher::kSlurm) {
+    return false;
+  }
   const char* term = std::getenv("TERM");
   return isatty(STDOUT_FILENO) != 0 && term != nullptr && std::strcmp(term, "dumb") != 0;
 }
@@ -73,7 +79,7 @@ DistributedListener::DistributedListener(World& world, Watchdog& watchdog)
       watchdog_(watchdog),
       print_(world.rank() == 0),
       brief_(GTEST_FLAG_GET(brief)),
-      color_(want_color()) {}
+      color_(want_color(world.launch().launcher)) {}
 
 void DistributedListener::OnTestProgramStart(const ::testing::UnitTest&) {}
 
@@ -195,8 +201,10 @@ void DistributedListener::OnTestEnd(const ::testing::TestInfo& info) {
     if (r == world_.rank()) continue;
     // Every rank records every rank's failures: the verdict (and exit code) is the same on all.
     for (const auto& f : res.failures) {
-      ADD_FAILURE_AT(f.file.c_str(), f.line) << "[rank " << r << " of " << size << "] "
-                                             << f.message;
+      const std::string text = "[rank " + std::to_string(r) + " of " + std::to_string(size) +
+                               "] " + f.message;
+      GTEST_MESSAGE_AT_(f.file.empty() ? nullptr : f.file.c_str(), f.line, text.c_str(),
+                        ::testing::TestPartResult::kNonFatalFailure);
     }
     if (res.omitted_parts > 0) {
       ADD_FAILURE() << "[rank " << r << " of " << size << "] " << res.omitted_parts
@@ -240,18 +248,22 @@ void DistributedListener::print_end(const ::testing::TestInfo& info,
     if (failing.size() > 1) ranks += ", first on rank " + std::to_string(first_rank);
     failed_.push_back({name, ranks});
   } else if (!skipping.empty()) {
-    skipped_.push_back({name, ranks_text(skipping, size)});
+    skipped_.push_back(
+        {name, static_cast<int>(skipping.size()) == size ? "" : ranks_text(skipping, size)});
   } else {
     ++passed_;
   }
   if (!print_) return;
   const long long ms = static_cast<long long>(info.result()->elapsed_time());
   if (!failing.empty()) {
+    // The rank that failed first (usually the cause) is printed first.
+    std::stable_partition(failing.begin(), failing.end(), [&](int r) { return r == first_rank; });
     for (int r : failing) {
       const RankResult& res = results[static_cast<std::size_t>(r)];
       for (const auto& f : res.failures) {
         print_tag(color_, Color::kRed, "[  FAILED  ] ");
-        std::printf("%s (rank %d of %d): %s:%d: ", name.c_str(), r, size, f.file.c_str(), f.line);
+        std::printf("%s (rank %d of %d): ", name.c_str(), r, size);
+        if (f.line >= 0) std::printf("%s:%d: ", f.file.c_str(), f.line);
         const bool multi_line = f.message.find('\n') != std::string::npos;
         std::printf("%s%s\n", multi_line ? "Failure\n" : "", f.message.c_str());
       }
@@ -267,8 +279,10 @@ void DistributedListener::print_end(const ::testing::TestInfo& info,
     const RankResult& first = results[static_cast<std::size_t>(skipping.front())];
     if (!brief_) {
       print_tag(color_, Color::kYellow, "[  SKIPPED ] ");
-      std::printf("%s on %s%s%s (%lld ms)\n", name.c_str(), skipped_.back().ranks.c_str(),
-                  first.skip_message.empty() ? "" : ": ", first.skip_message.c_str(), ms);
+      const std::string& where = skipped_.back().ranks;
+      std::printf("%s%s%s%s%s (%lld ms)\n", name.c_str(), where.empty() ? "" : " on ",
+                  where.c_str(), first.skip_message.empty() ? "" : ": ",
+                  first.skip_message.c_str(), ms);
     }
   } else if (!brief_) {
     print_tag(color_, Color::kGreen, "[       OK ] ");
@@ -294,7 +308,11 @@ void DistributedListener::OnTestIterationEnd(const ::testing::UnitTest& unit, in
     std::printf("%s, listed below:\n", plural(static_cast<int>(skipped_.size()), "test").c_str());
     for (const auto& s : skipped_) {
       print_tag(color_, Color::kYellow, "[  SKIPPED ] ");
-      std::printf("%s (%s)\n", s.name.c_str(), s.ranks.c_str());
+      if (s.ranks.empty()) {
+        std::printf("%s\n", s.name.c_str());
+      } else {
+        std::printf("%s (skipped on %s)\n", s.name.c_str(), s.ranks.c_str());
+      }
     }
   }
   if (!failed_.empty()) {

@@ -97,7 +97,7 @@ RankResult result_of(const ::testing::TestInfo& info, std::int64_t first_failure
       continue;
     }
     FailurePart f;
-    f.file = part.file_name() != nullptr ? part.file_name() : "unknown file";
+    f.file = part.file_name() != nullptr ? part.file_name() : "";
     f.line = part.line_number();
     f.fatal = part.fatally_failed();
     f.message = clip(part.message());

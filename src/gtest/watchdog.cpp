@@ -175,7 +175,7 @@ void Watchdog::on_deadline() {
   }
   os << "c10dtest: ending all " << size << " ranks (exit code " << kExitTimeout
      << "); raise the limit with --c10dtest_timeout=SECONDS or set_timeout() in the test\n";
-  end_run(kExitTimeout, os.str());
+  end_run(kExitTimeout, os.str(), size - 1);
 }
 
 void Watchdog::check_peers() {
@@ -201,11 +201,11 @@ void Watchdog::check_peers() {
        << (name.empty() ? std::string() : " during " + name)
        << " (it crashed, was killed or exited early)\n"
        << "c10dtest: ending all ranks (exit code " << kExitRankDied << ")\n";
-    end_run(kExitRankDied, os.str());
+    end_run(kExitRankDied, os.str(), cp_->world_size() - 2);
   }
 }
 
-void Watchdog::end_run(int code, const std::string& report) {
+void Watchdog::end_run(int code, const std::string& report, int acks_expected) {
   std::fflush(stdout);
   std::fputs(report.c_str(), stdout);
   std::fflush(stdout);
@@ -213,7 +213,7 @@ void Watchdog::end_run(int code, const std::string& report) {
     cp_->set("abort", std::to_string(code));
     // Keep serving the store until the others have read the verdict.
     const auto until = Clock::now() + std::chrono::milliseconds(3000);
-    while (Clock::now() < until && cp_->add("abort_ack", 0) < cp_->world_size() - 1) {
+    while (Clock::now() < until && cp_->add("abort_ack", 0) < acks_expected) {
       std::this_thread::sleep_for(kTick);
     }
   } catch (const std::exception&) {

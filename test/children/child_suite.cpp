@@ -1,0 +1,122 @@
+// Child suites that are meant to fail, hang or crash. Never run directly by CTest: the driver
+// (test/gtest/driver_test.cpp) runs them under mpirun, self-spawn and a torchrun-style launch
+// with a --gtest_filter, and asserts on their exit codes and output.
+#include <ATen/ATen.h>
+#include <c10dtest/c10dtest.hpp>
+#include <unistd.h>
+
+#include <chrono>
+#include <csignal>
+#include <stdexcept>
+#include <thread>
+
+namespace {
+
+class Failures : public c10dtest::DistributedTest {};
+
+TEST_F(Failures, OnlyRankTwoFails) {
+  EXPECT_NE(rank(), 2) << "planted failure";
+}
+
+TEST_F(Failures, NextTestPasses) {
+  std::vector<at::Tensor> t{at::ones({2})};
+  process_group()->allreduce(t)->wait();
+  EXPECT_EQ(t[0][0].item<float>(), static_cast<float>(world_size()));
+}
+
+class EarlyExit : public c10dtest::DistributedTest {};
+
+// Rank 1 leaves the test while its peers wait for it in an allgather.
+TEST_F(EarlyExit, AssertOnRankOneWhileOthersAllgather) {
+  ASSERT_NE(rank(), 1) << "planted fatal failure";
+  std::vector<at::Tensor> in{at::ones({4})};
+  std::vector<std::vector<at::Tensor>> out(1);
+  for (int r = 0; r < world_size(); ++r) out[0].push_back(at::empty({4}));
+  process_group()->allgather(out, in)->wait();
+}
+
+TEST_F(EarlyExit, ThrowOnRankOneWhileOthersAllreduce) {
+  if (rank() == 1) throw std::runtime_error("planted exception");
+  std::vector<at::Tensor> t{at::ones({4})};
+  process_group()->allreduce(t)->wait();
+}
+
+// Runs after a failed test: the world group must have been rebuilt on every rank.
+TEST_F(EarlyExit, NextTestRunsOnRebuiltGroup) {
+  std::vector<at::Tensor> t{at::full({3}, static_cast<float>(rank()))};
+  process_group()->allreduce(t)->wait();
+  EXPECT_EQ(t[0][0].item<float>(), static_cast<float>(world_size() * (world_size() - 1) / 2));
+}
+
+class Hang : public c10dtest::DistributedTest {};
+
+}  // namespace
+
+// Outside the anonymous namespace so that the watchdog's stack trace can name it.
+void sleep_forever_in_rank_two() {
+  for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
+}
+
+namespace {
+
+TEST_F(Hang, RankTwoSleepsForever) {
+  if (rank() == 2) sleep_forever_in_rank_two();
+}
+
+// Rank 0 never joins the allreduce that the others wait in.
+TEST_F(Hang, CollectiveNeverMatched) {
+  if (rank() == 0) return;
+  std::vector<at::Tensor> t{at::ones({4})};
+  process_group()->allreduce(t)->wait();
+}
+
+// The per-test override shortens the limit for this test only.
+TEST_F(Hang, OwnShortTimeout) {
+  set_timeout(std::chrono::milliseconds(1500));
+  std::this_thread::sleep_for(std::chrono::seconds(30));
+}
+
+class Crash : public c10dtest::DistributedTest {};
+
+TEST_F(Crash, SegfaultOnRankThree) {
+  if (rank() == 3) std::raise(SIGSEGV);
+  barrier();
+}
+
+TEST_F(Crash, AbortOnRankOne) {
+  if (rank() == 1) std::abort();
+  barrier();
+}
+
+TEST_F(Crash, ExitOnRankOne) {
+  if (rank() == 1) _exit(7);
+  barrier();
+}
+
+class Skips : public c10dtest::DistributedTest {};
+
+TEST_F(Skips, NeedsSixtyFourRanks) {
+  C10DTEST_REQUIRE_WORLD_SIZE(64);
+  ADD_FAILURE() << "ran although the world is too small";
+}
+
+TEST_F(Skips, OnlyRankOneSkips) {
+  if (rank() == 1) GTEST_SKIP() << "rank one has no use for this";
+}
+
+TEST_F(Skips, NeedsAGpu) {
+  C10DTEST_REQUIRE_GPUS(1);
+  SUCCEED();
+}
+
+class Passing : public c10dtest::DistributedTest {};
+
+TEST_F(Passing, A) { barrier(); }
+TEST_F(Passing, B) { barrier(); }
+TEST_F(Passing, C) {
+  std::vector<at::Tensor> t{at::ones({8})};
+  process_group()->allreduce(t)->wait();
+  EXPECT_EQ(t[0].sum().item<float>(), 8.0f * static_cast<float>(world_size()));
+}
+
+}  // namespace

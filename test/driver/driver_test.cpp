@@ -1,0 +1,356 @@
+// Drives the child suites (test/children/child_suite.cpp) that are meant to fail, hang and crash,
+// under mpirun, self-spawn and a torchrun-style launch, and asserts on exit codes and output.
+// This binary itself is an ordinary single-process gtest program.
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#ifndef C10DTEST_CHILD_SUITE
+#error "C10DTEST_CHILD_SUITE must name the child suite binary"
+#endif
+#ifndef C10DTEST_MPIEXEC
+#define C10DTEST_MPIEXEC ""
+#endif
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr int kExitTestsFailed = 1;
+constexpr int kExitConfigError = 2;
+constexpr int kExitTimeout = 3;
+constexpr int kExitRankDied = 4;
+
+struct Outcome {
+  int exit_code = -1;
+  std::string output;
+  double seconds = 0;
+};
+
+std::string unique_tag() {
+  std::random_device rd;
+  return std::to_string(getpid()) + "-" + std::to_string(rd());
+}
+
+// Runs `command` through sh (stdout and stderr together), bounded by `limit_s` seconds.
+Outcome run(const std::string& command, int limit_s = 180) {
+  const std::string full = "timeout -k 5 " + std::to_string(limit_s) + " sh -c '" + command +
+                           "' 2>&1";
+  const auto start = std::chrono::steady_clock::now();
+  Outcome out;
+  FILE* pipe = popen(full.c_str(), "r");
+  if (pipe == nullptr) {
+    out.output = "popen failed";
+    return out;
+  }
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), pipe)) > 0) out.output.append(buf, n);
+  const int status = pclose(pipe);
+  out.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return out;
+}
+
+int count(const std::string& haystack, const std::string& needle) {
+  int n = 0;
+  for (auto pos = haystack.find(needle); pos != std::string::npos;
+       pos = haystack.find(needle, pos + 1)) {
+    ++n;
+  }
+  return n;
+}
+
+// Processes whose environment carries `tag` (the ranks of one driven run).
+int processes_tagged(const std::string& tag) {
+  int found = 0;
+  const std::string needle = "C10DTEST_DRIVER_TAG=" + tag;
+  for (const auto& entry : fs::directory_iterator("/proc")) {
+    const std::string name = entry.path().filename();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::ifstream env(entry.path() / "environ", std::ios::binary);
+    std::string content((std::istreambuf_iterator<char>(env)), std::istreambuf_iterator<char>());
+    if (content.find(needle) != std::string::npos) ++found;
+  }
+  return found;
+}
+
+int free_port() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  socklen_t len = sizeof(addr);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+enum class Launch { kMpirun, kSelf };
+
+std::string launch_name(Launch l) { return l == Launch::kMpirun ? "Mpirun" : "SelfSpawn"; }
+
+// The command that runs the child suite on `ranks` ranks with `args`.
+std::string child(Launch launch, int ranks, const std::string& args, const std::string& tag) {
+  const std::string env = "C10DTEST_DRIVER_TAG=" + tag + " ";
+  const std::string bin = C10DTEST_CHILD_SUITE;
+  if (launch == Launch::kSelf) {
+    return env + bin + " --c10dtest_world_size=" + std::to_string(ranks) + " " + args;
+  }
+  return env + C10DTEST_MPIEXEC + std::string(" -x C10DTEST_DRIVER_TAG -n ") +
+         std::to_string(ranks) + " " + bin + " " + args;
+}
+
+// OpenMPI refuses to run as root and to put more ranks than cores on a machine unless told.
+const bool kOpenMpiSettings = [] {
+  setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 0);
+  setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 0);
+  setenv("OMPI_MCA_rmaps_base_oversubscribe", "1", 0);
+  setenv("OMPI_MCA_btl_vader_single_copy_mechanism", "none", 0);
+  return true;
+}();
+
+class ChildSuite : public ::testing::TestWithParam<Launch> {
+ protected:
+  void SetUp() override {
+    if (GetParam() == Launch::kMpirun && std::string(C10DTEST_MPIEXEC).empty()) {
+      GTEST_SKIP() << "no mpiexec found at configure time";
+    }
+    tag_ = unique_tag();
+  }
+  void TearDown() override {
+    EXPECT_EQ(processes_tagged(tag_), 0) << "ranks outlived the run";
+  }
+  Outcome run_child(int ranks, const std::string& args, int limit_s = 180) {
+    return run(child(GetParam(), ranks, "--gtest_color=no " + args, tag_), limit_s);
+  }
+  std::string tag_;
+};
+
+TEST_P(ChildSuite, FailureOnlyOnRankTwoIsReportedOnceNamingRankTwo) {
+  const Outcome o = run_child(4, "--gtest_filter=Failures.*");
+  EXPECT_EQ(o.exit_code, kExitTestsFailed) << o.output;
+  EXPECT_NE(o.output.find("[  FAILED  ] Failures.OnlyRankTwoFails (rank 2 of 4): "),
+            std::string::npos)
+      << o.output;
+  EXPECT_EQ(count(o.output, "planted failure"), 1) << o.output;
+  EXPECT_NE(o.output.find("[  FAILED  ] Failures.OnlyRankTwoFails (rank 2 of 4)\n"),
+            std::string::npos)
+      << o.output;
+  EXPECT_NE(o.output.find("[       OK ] Failures.NextTestPasses"), std::string::npos) << o.output;
+}
+
+TEST_P(ChildSuite, RankLeavingEarlyDoesNotHangItsPeersAndTheNextTestRuns) {
+  const Outcome o = run_child(4, "--gtest_filter=EarlyExit.* --c10dtest_timeout=120");
+  EXPECT_EQ(o.exit_code, kExitTestsFailed) << o.output;
+  EXPECT_LT(o.seconds, 60) << "the peers waited for the watchdog instead of failing fast";
+  EXPECT_NE(o.output.find("EarlyExit.AssertOnRankOneWhileOthersAllgather (rank 1 of 4): "),
+            std::string::npos)
+      << o.output;
+  EXPECT_NE(o.output.find("planted fatal failure"), std::string::npos) << o.output;
+  EXPECT_NE(o.output.find("planted exception"), std::string::npos) << o.output;
+  EXPECT_EQ(count(o.output, "first on rank 1"), 4) << o.output;
+  EXPECT_NE(o.output.find("[       OK ] EarlyExit.NextTestRunsOnRebuiltGroup"), std::string::npos)
+      << o.output;
+}
+
+TEST_P(ChildSuite, SleepingRankHitsTheWatchdogWithItsStack) {
+  const Outcome o = run_child(4, "--gtest_filter=Hang.RankTwoSleepsForever:Passing.* "
+                                 "--c10dtest_timeout=3");
+  EXPECT_EQ(o.exit_code, kExitTimeout) << o.output;
+  EXPECT_NE(o.output.find("[  TIMEOUT ] Hang.RankTwoSleepsForever did not finish within 3000 ms "
+                          "on rank 2 of 4 (ranks 0, 1, 3 finished and waited)"),
+            std::string::npos)
+      << o.output;
+  EXPECT_NE(o.output.find("sleep_forever_in_rank_two"), std::string::npos) << o.output;
+  EXPECT_EQ(o.output.find("[ RUN      ] Passing."), std::string::npos)
+      << "the run went on after a hang";
+}
+
+TEST_P(ChildSuite, HungCollectiveHitsTheWatchdog) {
+  const Outcome o = run_child(4, "--gtest_filter=Hang.CollectiveNeverMatched "
+                                 "--c10dtest_timeout=3 --c10dtest_collective_timeout=100");
+  EXPECT_EQ(o.exit_code, kExitTimeout) << o.output;
+  EXPECT_NE(o.output.find("did not finish within 3000 ms on ranks 1, 2, 3 of 4 (rank 0 finished "
+                          "and waited)"),
+            std::string::npos)
+      << o.output;
+  EXPECT_LT(o.seconds, 60);
+}
+
+TEST_P(ChildSuite, PerTestTimeoutOverridesTheRunTimeout) {
+  const Outcome o = run_child(2, "--gtest_filter=Hang.OwnShortTimeout --c10dtest_timeout=120");
+  EXPECT_EQ(o.exit_code, kExitTimeout) << o.output;
+  EXPECT_NE(o.output.find("did not finish within 1500 ms"), std::string::npos) << o.output;
+  EXPECT_LT(o.seconds, 60);
+}
+
+TEST_P(ChildSuite, SegfaultOnRankThreeIsNamed) {
+  const Outcome o = run_child(4, "--gtest_filter=Crash.SegfaultOnRankThree --c10dtest_timeout=120");
+  EXPECT_NE(o.exit_code, 0) << o.output;
+  EXPECT_NE(o.output.find("rank 3 of 4: SIGSEGV (segmentation fault) in test "
+                          "Crash.SegfaultOnRankThree"),
+            std::string::npos)
+      << o.output;
+  if (GetParam() == Launch::kSelf) {
+    EXPECT_EQ(o.exit_code, kExitRankDied);
+    EXPECT_NE(o.output.find("rank 3 of 4 (pid "), std::string::npos) << o.output;
+  }
+  EXPECT_LT(o.seconds, 60);
+}
+
+TEST_P(ChildSuite, AbortOnRankOneIsNamed) {
+  const Outcome o = run_child(4, "--gtest_filter=Crash.AbortOnRankOne --c10dtest_timeout=120");
+  EXPECT_NE(o.exit_code, 0) << o.output;
+  EXPECT_NE(o.output.find("rank 1 of 4: SIGABRT (abort) in test Crash.AbortOnRankOne"),
+            std::string::npos)
+      << o.output;
+  EXPECT_LT(o.seconds, 60);
+}
+
+TEST_P(ChildSuite, ExitOnRankOneIsNamed) {
+  const Outcome o = run_child(4, "--gtest_filter=Crash.ExitOnRankOne --c10dtest_timeout=120");
+  EXPECT_NE(o.exit_code, 0) << o.output;
+  if (GetParam() == Launch::kSelf) {
+    EXPECT_EQ(o.exit_code, kExitRankDied);
+    EXPECT_NE(o.output.find("rank 1 of 4 (pid "), std::string::npos) << o.output;
+    EXPECT_NE(o.output.find("exited with code 7"), std::string::npos) << o.output;
+  } else {
+    // mpirun ends the job and names the process itself.
+    EXPECT_NE(o.output.find("Exit code:    7"), std::string::npos) << o.output;
+    EXPECT_NE(o.output.find(",1]"), std::string::npos) << o.output;
+  }
+  EXPECT_LT(o.seconds, 60);
+}
+
+TEST_P(ChildSuite, SkipIsASkipOnEveryRank) {
+  const Outcome o = run_child(4, "--gtest_filter=Skips.*");
+  EXPECT_EQ(o.exit_code, 0) << o.output;
+  EXPECT_NE(o.output.find("[  SKIPPED ] 3 tests, listed below:"), std::string::npos) << o.output;
+  EXPECT_NE(o.output.find("[  SKIPPED ] Skips.OnlyRankOneSkips (skipped on rank 1 of 4)"),
+            std::string::npos)
+      << o.output;
+  EXPECT_NE(o.output.find("[  PASSED  ] 0 tests."), std::string::npos) << o.output;
+  EXPECT_EQ(o.output.find("ran although"), std::string::npos) << o.output;
+}
+
+TEST_P(ChildSuite, TwoSuitesStartedAtOnceBothPass) {
+  const std::string a = child(GetParam(), 2, "--gtest_filter=Passing.*", tag_);
+  const std::string b = child(GetParam(), 2, "--gtest_filter=Passing.*", tag_);
+  const Outcome o = run("(" + a + " > /dev/null 2>&1; echo first=$?) & (" + b +
+                        " > /dev/null 2>&1; echo second=$?) & wait");
+  EXPECT_NE(o.output.find("first=0"), std::string::npos) << o.output;
+  EXPECT_NE(o.output.find("second=0"), std::string::npos) << o.output;
+}
+
+TEST_P(ChildSuite, OneXmlReportFromRankZeroWithEveryRanksFailures) {
+  const fs::path dir = fs::temp_directory_path() / ("c10dtest-xml-" + tag_);
+  fs::create_directories(dir);
+  const Outcome o = run_child(4, "--gtest_filter=Failures.* --gtest_output=xml:" +
+                                     (dir / "report.xml").string());
+  EXPECT_EQ(o.exit_code, kExitTestsFailed) << o.output;
+  std::vector<fs::path> files;
+  for (const auto& e : fs::directory_iterator(dir)) files.push_back(e.path());
+  ASSERT_EQ(files.size(), 1u);
+  std::ifstream in(files[0]);
+  const std::string xml((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_NE(xml.find("[rank 2 of 4] Expected: (rank()) != (2)"), std::string::npos) << xml;
+  EXPECT_NE(xml.find("tests=\"2\" failures=\"1\""), std::string::npos) << xml;
+  fs::remove_all(dir);
+}
+
+TEST_P(ChildSuite, ShuffleUsesOneSeedOnEveryRank) {
+  // Different seeds would give the ranks different orders and stop the run with exit code 2.
+  const Outcome o = run_child(4, "--gtest_filter=Passing.* --gtest_shuffle --gtest_repeat=3");
+  EXPECT_EQ(o.exit_code, 0) << o.output;
+  EXPECT_EQ(count(o.output, "[  PASSED  ] 3 tests."), 3) << o.output;
+}
+
+TEST_P(ChildSuite, PerRankLogsGoToTheLogDirectory) {
+  const fs::path dir = fs::temp_directory_path() / ("c10dtest-logs-" + tag_);
+  const Outcome o = run_child(3, "--gtest_filter=Passing.* --c10dtest_log_dir=" + dir.string());
+  EXPECT_EQ(o.exit_code, 0) << o.output;
+  EXPECT_FALSE(fs::exists(dir / "rank-0.log"));
+  EXPECT_TRUE(fs::exists(dir / "rank-1.log"));
+  EXPECT_TRUE(fs::exists(dir / "rank-2.log"));
+  fs::remove_all(dir);
+}
+
+TEST_P(ChildSuite, ListTestsPrintsOnce) {
+  const Outcome o = run_child(2, "--gtest_filter=Passing.* --gtest_list_tests");
+  EXPECT_EQ(o.exit_code, 0) << o.output;
+  EXPECT_EQ(count(o.output, "Passing."), 1) << o.output;
+}
+
+INSTANTIATE_TEST_SUITE_P(Launchers, ChildSuite, ::testing::Values(Launch::kMpirun, Launch::kSelf),
+                         [](const auto& info) { return launch_name(info.param); });
+
+TEST(MpirunOnly, DifferentTestListsOnTheRanksAreAClearError) {
+  if (std::string(C10DTEST_MPIEXEC).empty()) GTEST_SKIP() << "no mpiexec";
+  const std::string bin = C10DTEST_CHILD_SUITE;
+  const Outcome o = run(std::string(C10DTEST_MPIEXEC) + " -n 1 " + bin +
+                        " --gtest_filter=Passing.* : -n 1 " + bin + " --gtest_filter=Passing.A");
+  EXPECT_EQ(o.exit_code, kExitConfigError) << o.output;
+  EXPECT_NE(o.output.find("rank 1 (1 tests) differs from rank 0 (3 tests) at position 1: rank 0 "
+                          "has 'Passing.B', rank 1 has '<end>'"),
+            std::string::npos)
+      << o.output;
+}
+
+// torchrun-style: four processes started with RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT and no
+// supervisor; a rank that exits is found by the heartbeat.
+std::string torchrun(int ranks, const std::string& args, const std::string& tag) {
+  const int port = free_port();
+  std::ostringstream cmd;
+  for (int r = 0; r < ranks; ++r) {
+    cmd << "(C10DTEST_DRIVER_TAG=" << tag << " RANK=" << r << " WORLD_SIZE=" << ranks
+        << " MASTER_ADDR=127.0.0.1 MASTER_PORT=" << port << " " << C10DTEST_CHILD_SUITE
+        << " --gtest_color=no " << args << "; echo rank" << r << "=$?) & ";
+  }
+  cmd << "wait";
+  return cmd.str();
+}
+
+TEST(TorchrunStyle, PassingSuitePassesOnEveryRank) {
+  const std::string tag = unique_tag();
+  const Outcome o = run(torchrun(2, "--gtest_filter=Passing.*", tag));
+  EXPECT_NE(o.output.find("rank0=0"), std::string::npos) << o.output;
+  EXPECT_NE(o.output.find("rank1=0"), std::string::npos) << o.output;
+  EXPECT_NE(o.output.find("on 2 ranks (torchrun)"), std::string::npos) << o.output;
+  EXPECT_EQ(processes_tagged(tag), 0);
+}
+
+TEST(TorchrunStyle, RankThatExitsIsFoundByTheHeartbeat) {
+  const std::string tag = unique_tag();
+  const Outcome o = run(torchrun(4, "--gtest_filter=Crash.ExitOnRankOne "
+                                    "--c10dtest_heartbeat_timeout=2 --c10dtest_timeout=120", tag));
+  EXPECT_NE(o.output.find("[  DEAD    ] rank 1 of 4 stopped responding"), std::string::npos)
+      << o.output;
+  EXPECT_NE(o.output.find("rank0=4"), std::string::npos) << o.output;
+  EXPECT_NE(o.output.find("rank1=7"), std::string::npos) << o.output;
+  EXPECT_NE(o.output.find("rank2=4"), std::string::npos) << o.output;
+  EXPECT_LT(o.seconds, 60);
+  EXPECT_EQ(processes_tagged(tag), 0);
+}
+
+TEST(TorchrunStyle, RankOutsideTheWorldIsAClearError) {
+  const Outcome o = run("RANK=5 WORLD_SIZE=4 MASTER_ADDR=127.0.0.1 MASTER_PORT=1 " +
+                        std::string(C10DTEST_CHILD_SUITE));
+  EXPECT_EQ(o.exit_code, kExitConfigError) << o.output;
+  EXPECT_NE(o.output.find("RANK=5 is not below WORLD_SIZE=4"), std::string::npos) << o.output;
+}
+
+}  // namespace

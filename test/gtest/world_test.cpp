@@ -1,0 +1,147 @@
+// The framework's own distributed tests: run at 1, 2 and 4 ranks, under mpirun and self-spawn.
+#include <ATen/ATen.h>
+#include <c10dtest/c10dtest.hpp>
+#include <c10dtest/control_plane.hpp>
+
+#include <set>
+
+namespace {
+
+using c10dtest::World;
+
+// Gathers one int64 from every rank through the world group.
+std::vector<std::int64_t> gather_ints(const c10dtest::ProcessGroupPtr& pg, std::int64_t value,
+                                      int world_size) {
+  std::vector<at::Tensor> in{at::full({1}, value, at::kLong)};
+  std::vector<std::vector<at::Tensor>> out(1);
+  for (int r = 0; r < world_size; ++r) out[0].push_back(at::empty({1}, at::kLong));
+  pg->allgather(out, in)->wait();
+  std::vector<std::int64_t> values;
+  for (const auto& t : out[0]) values.push_back(t.item<std::int64_t>());
+  return values;
+}
+
+class WorldBasics : public c10dtest::DistributedTest {};
+
+TEST_F(WorldBasics, RanksAreDistinctAndCoverTheWorld) {
+  const auto ranks = gather_ints(process_group(), rank(), world_size());
+  for (int r = 0; r < world_size(); ++r) EXPECT_EQ(ranks[r], r);
+  EXPECT_EQ(process_group()->getRank(), rank());
+  EXPECT_EQ(process_group()->getSize(), world_size());
+  EXPECT_GE(local_rank(), 0);
+  EXPECT_LT(local_rank(), world_size());
+}
+
+TEST_F(WorldBasics, DeviceIsCpuWithGloo) {
+  EXPECT_EQ(World::instance().backend(), c10dtest::BackendKind::kGloo);
+  EXPECT_TRUE(device().is_cpu());
+}
+
+TEST_F(WorldBasics, SeedIsTheSameOnEveryRank) {
+  const auto seeds = gather_ints(process_group(), static_cast<std::int64_t>(seed()), world_size());
+  for (auto s : seeds) EXPECT_EQ(s, seeds[0]);
+  // SetUp seeded ATen with it: random tensors agree across ranks too.
+  const auto drawn = gather_ints(process_group(), at::randint(1 << 30, {1}, at::kLong).item<std::int64_t>(),
+                                 world_size());
+  for (auto d : drawn) EXPECT_EQ(d, drawn[0]);
+}
+
+TEST_F(WorldBasics, SeedComesFromTheTestName) {
+  EXPECT_EQ(seed(), c10dtest::seed_for("WorldBasics.SeedComesFromTheTestName",
+                                       World::instance().options().seed));
+  EXPECT_NE(c10dtest::seed_for("A.B", 0), c10dtest::seed_for("A.C", 0));
+  EXPECT_NE(c10dtest::seed_for("A.B", 0), c10dtest::seed_for("A.B", 1));
+}
+
+TEST_F(WorldBasics, BarrierCompletes) { barrier(); }
+
+TEST_F(WorldBasics, MinOverRanksIsTheSameEverywhere) {
+  EXPECT_EQ(World::instance().min_over_ranks(10 + rank()), 10);
+  EXPECT_EQ(World::instance().min_over_ranks(100 - rank()), 100 - (world_size() - 1));
+}
+
+TEST_F(WorldBasics, ControlPlaneAllGatherOrdersByRank) {
+  auto values = World::instance().control().all_gather(
+      "world_test/allgather", "r" + std::to_string(rank()), std::chrono::seconds(30));
+  ASSERT_EQ(static_cast<int>(values.size()), world_size());
+  for (int r = 0; r < world_size(); ++r) EXPECT_EQ(values[r], "r" + std::to_string(r));
+}
+
+class Groups : public c10dtest::DistributedTest {};
+
+TEST_F(Groups, NewGroupHoldsOnlyItsMembers) {
+  C10DTEST_REQUIRE_WORLD_SIZE(2);
+  auto g = new_group({world_size() - 1, 0});
+  if (rank() != 0 && rank() != world_size() - 1) {
+    EXPECT_FALSE(g);
+    return;
+  }
+  ASSERT_TRUE(g);
+  EXPECT_EQ(g->getSize(), 2);
+  // Group ranks follow the order of the list.
+  EXPECT_EQ(g->getRank(), rank() == 0 ? 1 : 0);
+  const auto members = gather_ints(g, rank(), 2);
+  EXPECT_EQ(members, (std::vector<std::int64_t>{world_size() - 1, 0}));
+}
+
+TEST_F(Groups, TwoByTwoMeshRowsAndColumns) {
+  C10DTEST_REQUIRE_EXACT_WORLD_SIZE(4);
+  auto row = new_subgroups({{0, 1}, {2, 3}});
+  auto col = new_subgroups({{0, 2}, {1, 3}});
+  ASSERT_TRUE(row);
+  ASSERT_TRUE(col);
+  std::vector<at::Tensor> r{at::full({1}, rank(), at::kLong)};
+  row->allreduce(r)->wait();
+  EXPECT_EQ(r[0].item<std::int64_t>(), rank() < 2 ? 1 : 5);
+  std::vector<at::Tensor> c{at::full({1}, rank(), at::kLong)};
+  col->allreduce(c)->wait();
+  EXPECT_EQ(c[0].item<std::int64_t>(), rank() % 2 == 0 ? 2 : 4);
+}
+
+TEST_F(Groups, BadRanksAreNamed) {
+  try {
+    new_group({0, world_size()});
+    FAIL() << "expected an error";
+  } catch (const c10dtest::ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("rank " + std::to_string(world_size()) +
+                                         " is outside the world"),
+              std::string::npos)
+        << e.what();
+  }
+  EXPECT_THROW(new_subgroups({{0}, {0}}), c10dtest::ConfigError);
+}
+
+// Value-parameterised over the size of a prefix group.
+class PrefixGroups : public c10dtest::DistributedTestWithParam<int> {};
+
+TEST_P(PrefixGroups, AllReduceOverTheFirstRanks) {
+  const int n = GetParam();
+  C10DTEST_REQUIRE_WORLD_SIZE(n);
+  std::vector<int> ranks;
+  for (int r = 0; r < n; ++r) ranks.push_back(r);
+  auto g = new_group(ranks);
+  if (rank() >= n) {
+    EXPECT_FALSE(g);
+    return;
+  }
+  std::vector<at::Tensor> t{at::ones({3})};
+  g->allreduce(t)->wait();
+  EXPECT_TRUE(at::equal(t[0], at::full({3}, static_cast<float>(n))));
+}
+
+INSTANTIATE_TEST_SUITE_P(Sizes, PrefixGroups, ::testing::Values(1, 2, 4));
+
+class Skips : public c10dtest::DistributedTest {};
+
+TEST_F(Skips, GpuRequirementSkipsOnCpuOnlyLibTorch) {
+  if (c10dtest::local_gpu_count() > 0) GTEST_SKIP() << "this machine has GPUs";
+  bool body_ran = false;
+  [&] {
+    C10DTEST_REQUIRE_GPUS(1);
+    body_ran = true;
+  }();
+  EXPECT_FALSE(body_ran);
+  EXPECT_TRUE(IsSkipped());
+}
+
+}  // namespace
