@@ -73,7 +73,8 @@ class World {
   GroupOptions group_options(const std::string& name) const;
   void release_process_groups();
   void rebuild_process_groups();
-  // Control-plane key prefix of the running test: "t/<iteration>/<index>".
+  // Control-plane key prefix of the running test ("t/<iteration>/<suite>/<test>"), or of the
+  // running suite's own code between tests (test index -1).
   std::string test_key() const;
 
   LaunchInfo launch_;
@@ -85,7 +86,10 @@ class World {
   int generation_ = 0;
   int group_seq_ = 0;
   int iteration_ = 0;
-  int test_index_ = -1;
+  int suite_index_ = -1;
+  int test_index_ = -1;  // within the running suite
+  bool in_test_ = false;
+  int phase_ = 0;        // numbers each stretch of suite-level code
   int call_seq_ = 0;
 };
 

@@ -2,6 +2,7 @@
 
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #ifdef USE_C10D_NCCL
+#include <c10/cuda/CUDAFunctions.h>
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
@@ -82,6 +83,8 @@ ProcessGroupPtr make_gloo(const c10::intrusive_ptr<c10d::Store>& store, int rank
 ProcessGroupPtr make_nccl(const c10::intrusive_ptr<c10d::Store>& store, int rank, int size,
                           const GroupOptions& options) {
 #ifdef USE_C10D_NCCL
+  // NCCL binds a communicator to the current device: one device per rank.
+  c10::cuda::set_device(static_cast<c10::DeviceIndex>(options.cuda_device));
   auto opts = c10d::ProcessGroupNCCL::Options::create(false);
   opts->timeout = options.timeout;
   auto nccl = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, rank, size, opts);

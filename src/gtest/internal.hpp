@@ -46,7 +46,7 @@ struct FailurePart {
 struct RankResult {
   char status = 'P';  // P passed, F failed, S skipped
   std::string test_name;
-  std::int64_t first_failure_ms = 0;  // wall clock of this rank's first failure
+  std::int64_t first_failure_us = 0;  // wall clock of this rank's first failure
   std::vector<FailurePart> failures;  // at most kMaxParts, each message at most kMaxMessage
   std::string skip_message;
   int omitted_parts = 0;
@@ -59,7 +59,10 @@ struct RankResult {
   static RankResult parse(const std::string& data);
 };
 
-RankResult result_of(const ::testing::TestInfo& info, std::int64_t first_failure_ms);
+// This rank's outcome of `result` (a test's, or a suite's ad-hoc result for SetUpTestSuite and
+// TearDownTestSuite failures), under `name`.
+RankResult result_of(const std::string& name, const ::testing::TestResult& result,
+                     std::int64_t first_failure_us);
 
 // ---- watchdog.cpp ------------------------------------------------------------------------------
 // A thread per rank with its own control-plane connection: heartbeats, the per-test deadline and
@@ -118,12 +121,23 @@ class DistributedListener : public ::testing::EmptyTestEventListener {
 
   void OnTestProgramStart(const ::testing::UnitTest& unit) override;
   void OnTestIterationStart(const ::testing::UnitTest& unit, int iteration) override;
+  void OnTestSuiteStart(const ::testing::TestSuite& suite) override;
   void OnTestStart(const ::testing::TestInfo& info) override;
   void OnTestPartResult(const ::testing::TestPartResult& part) override;
   void OnTestEnd(const ::testing::TestInfo& info) override;
+  void OnTestSuiteEnd(const ::testing::TestSuite& suite) override;
   void OnTestIterationEnd(const ::testing::UnitTest& unit, int iteration) override;
 
  private:
+  // Arms the watchdog for the suite-level code (SetUpTestSuite, TearDownTestSuite, fixture
+  // code between tests) of the running suite.
+  void arm_for_suite(const std::string& suite_name);
+  // At a suite's first test: if SetUpTestSuite failed on any rank, skip the suite everywhere.
+  void agree_on_suite_set_up();
+  // Every rank posts `mine` under `key`; returns all ranks' results, parsed.
+  std::vector<RankResult> exchange(const std::string& key, const RankResult& mine);
+  // Records the other ranks' failures on this rank, so every rank reaches the same verdict.
+  void adopt_failures(const std::vector<RankResult>& results);
   void check_test_lists(const ::testing::UnitTest& unit, int iteration);
   void print_end(const ::testing::TestInfo& info, const std::vector<RankResult>& results);
 
@@ -132,7 +146,7 @@ class DistributedListener : public ::testing::EmptyTestEventListener {
   bool print_;
   bool brief_;
   bool color_;
-  std::int64_t first_failure_ms_ = 0;
+  std::int64_t first_failure_us_ = 0;
   std::chrono::steady_clock::time_point iteration_start_{};
   struct Outcome {
     std::string name;

@@ -66,8 +66,8 @@ void print_tag(bool color, Color c, const char* tag) {
   std::printf("\033[0;3%cm%s\033[m", code, tag);
 }
 
-std::int64_t wall_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
+std::int64_t wall_us() {
+  return std::chrono::duration_cast<std::chrono::microseconds>(
              std::chrono::system_clock::now().time_since_epoch())
       .count();
 }
@@ -85,7 +85,7 @@ void DistributedListener::OnTestProgramStart(const ::testing::UnitTest&) {}
 
 void DistributedListener::OnTestIterationStart(const ::testing::UnitTest& unit, int iteration) {
   world_.iteration_ = iteration;
-  world_.test_index_ = -1;
+  world_.suite_index_ = -1;
   failed_.clear();
   skipped_.clear();
   passed_ = 0;
@@ -155,10 +155,44 @@ void DistributedListener::check_test_lists(const ::testing::UnitTest& unit, int 
   _exit(kExitConfigError);
 }
 
+void DistributedListener::arm_for_suite(const std::string& suite_name) {
+  world_.in_test_ = false;
+  ++world_.phase_;
+  world_.call_seq_ = 0;
+  set_current_test_name(suite_name + " (suite set-up or tear-down)");
+  watchdog_.arm(suite_name + " (SetUpTestSuite, TearDownTestSuite or fixture code)",
+                world_.test_key());
+}
+
+void DistributedListener::OnTestSuiteStart(const ::testing::TestSuite& suite) {
+  ++world_.suite_index_;
+  world_.test_index_ = -1;
+  arm_for_suite(suite.name());
+}
+
+void DistributedListener::agree_on_suite_set_up() {
+  // gtest skips a suite's tests on a rank whose SetUpTestSuite failed; the other ranks must not
+  // run them either, or they would wait in collectives for a rank that never comes.
+  const ::testing::TestSuite* suite = ::testing::UnitTest::GetInstance()->current_test_suite();
+  const bool failed = suite != nullptr && suite->ad_hoc_test_result().Failed();
+  const auto verdicts = world_.control().all_gather(world_.test_key() + "/setup",
+                                                    failed ? "F" : "P", kNoLimit);
+  std::vector<int> failed_ranks;
+  for (int r = 0; r < world_.world_size(); ++r) {
+    if (verdicts[static_cast<std::size_t>(r)] == "F") failed_ranks.push_back(r);
+  }
+  if (failed_ranks.empty() || failed) return;
+  const std::string why = "SetUpTestSuite failed on " +
+                          ranks_text(failed_ranks, world_.world_size());
+  GTEST_MESSAGE_AT_(__FILE__, __LINE__, why.c_str(), ::testing::TestPartResult::kSkip);
+}
+
 void DistributedListener::OnTestStart(const ::testing::TestInfo& info) {
   ++world_.test_index_;
+  world_.in_test_ = true;
   world_.call_seq_ = 0;
-  first_failure_ms_ = 0;
+  if (world_.test_index_ == 0) agree_on_suite_set_up();
+  first_failure_us_ = 0;
   const std::string name = std::string(info.test_suite_name()) + "." + info.name();
   set_current_test_name(name);
   watchdog_.arm(name, world_.test_key());
@@ -170,21 +204,44 @@ void DistributedListener::OnTestStart(const ::testing::TestInfo& info) {
 }
 
 void DistributedListener::OnTestPartResult(const ::testing::TestPartResult& part) {
-  if (part.failed() && first_failure_ms_ == 0) first_failure_ms_ = wall_ms();
+  if (part.failed() && first_failure_us_ == 0) first_failure_us_ = wall_us();
 }
 
-void DistributedListener::OnTestEnd(const ::testing::TestInfo& info) {
-  const RankResult mine = result_of(info, first_failure_ms_);
-  // A rank that failed may have left its peers inside a collective: dropping its group closes
-  // the connections, so their collectives fail at once instead of hanging.
-  if (mine.status == 'F') world_.release_process_groups();
-
+std::vector<RankResult> DistributedListener::exchange(const std::string& key,
+                                                      const RankResult& mine) {
   watchdog_.result_posted();
-  const auto raw =
-      world_.control().all_gather(world_.test_key() + "/res", mine.serialize(), kNoLimit);
+  const auto raw = world_.control().all_gather(key + "/res", mine.serialize(), kNoLimit);
   std::vector<RankResult> results;
   results.reserve(raw.size());
   for (const auto& r : raw) results.push_back(RankResult::parse(r));
+  return results;
+}
+
+void DistributedListener::adopt_failures(const std::vector<RankResult>& results) {
+  const int size = world_.world_size();
+  for (int r = 0; r < size; ++r) {
+    if (r == world_.rank()) continue;
+    const RankResult& res = results[static_cast<std::size_t>(r)];
+    for (const auto& f : res.failures) {
+      const std::string text = "[rank " + std::to_string(r) + " of " + std::to_string(size) +
+                               "] " + f.message;
+      GTEST_MESSAGE_AT_(f.file.empty() ? nullptr : f.file.c_str(), f.line, text.c_str(),
+                        ::testing::TestPartResult::kNonFatalFailure);
+    }
+    if (res.omitted_parts > 0) {
+      ADD_FAILURE() << "[rank " << r << " of " << size << "] " << res.omitted_parts
+                    << " more failures not shown";
+    }
+  }
+}
+
+void DistributedListener::OnTestEnd(const ::testing::TestInfo& info) {
+  const std::string name = std::string(info.test_suite_name()) + "." + info.name();
+  const RankResult mine = result_of(name, *info.result(), first_failure_us_);
+  // A rank that failed may have left its peers inside a collective: dropping its group closes
+  // the connections, so their collectives fail at once instead of hanging.
+  if (mine.status == 'F') world_.release_process_groups();
+  const std::vector<RankResult> results = exchange(world_.test_key(), mine);
 
   const int size = world_.world_size();
   bool any_failed = false;
@@ -198,19 +255,9 @@ void DistributedListener::OnTestEnd(const ::testing::TestInfo& info) {
     }
     if (res.status == 'F') any_failed = true;
     if (res.status == 'S') skipped_ranks.push_back(r);
-    if (r == world_.rank()) continue;
-    // Every rank records every rank's failures: the verdict (and exit code) is the same on all.
-    for (const auto& f : res.failures) {
-      const std::string text = "[rank " + std::to_string(r) + " of " + std::to_string(size) +
-                               "] " + f.message;
-      GTEST_MESSAGE_AT_(f.file.empty() ? nullptr : f.file.c_str(), f.line, text.c_str(),
-                        ::testing::TestPartResult::kNonFatalFailure);
-    }
-    if (res.omitted_parts > 0) {
-      ADD_FAILURE() << "[rank " << r << " of " << size << "] " << res.omitted_parts
-                    << " more failures not shown";
-    }
   }
+  // Every rank records every rank's failures: the verdict (and exit code) is the same on all.
+  adopt_failures(results);
   // A test skipped on some ranks did not run everywhere: it is skipped everywhere, never passed.
   if (!any_failed && !skipped_ranks.empty() && mine.status != 'S') {
     const RankResult& first = results[static_cast<std::size_t>(skipped_ranks.front())];
@@ -220,6 +267,33 @@ void DistributedListener::OnTestEnd(const ::testing::TestInfo& info) {
   }
   if (any_failed) world_.rebuild_process_groups();
   print_end(info, results);
+  arm_for_suite(info.test_suite_name());
+}
+
+void DistributedListener::OnTestSuiteEnd(const ::testing::TestSuite& suite) {
+  const std::string name = std::string(suite.name()) + " (suite level)";
+  const RankResult mine = result_of(name, suite.ad_hoc_test_result(), 0);
+  if (mine.status == 'F') world_.release_process_groups();
+  const std::vector<RankResult> results = exchange(world_.test_key(), mine);
+  adopt_failures(results);
+  std::vector<int> failing;
+  for (int r = 0; r < world_.world_size(); ++r) {
+    const RankResult& res = results[static_cast<std::size_t>(r)];
+    if (res.status != 'F') continue;
+    failing.push_back(r);
+    if (!print_) continue;
+    for (const auto& f : res.failures) {
+      print_tag(color_, Color::kRed, "[  FAILED  ] ");
+      std::printf("%s (rank %d of %d): ", name.c_str(), r, world_.world_size());
+      if (f.line >= 0) std::printf("%s:%d: ", f.file.c_str(), f.line);
+      std::printf("%s\n", f.message.c_str());
+    }
+  }
+  if (!failing.empty()) {
+    world_.rebuild_process_groups();
+    failed_.push_back({name, ranks_text(failing, world_.world_size())});
+  }
+  std::fflush(stdout);
   watchdog_.disarm();
   set_current_test_name("");
 }
@@ -231,14 +305,14 @@ void DistributedListener::print_end(const ::testing::TestInfo& info,
   std::vector<int> failing;
   std::vector<int> skipping;
   int first_rank = -1;
-  std::int64_t first_ms = 0;
+  std::int64_t first_us = 0;
   for (int r = 0; r < size; ++r) {
     const RankResult& res = results[static_cast<std::size_t>(r)];
     if (res.status == 'F') {
       failing.push_back(r);
-      if (first_rank < 0 || (res.first_failure_ms > 0 && res.first_failure_ms < first_ms)) {
+      if (first_rank < 0 || (res.first_failure_us > 0 && res.first_failure_us < first_us)) {
         first_rank = r;
-        first_ms = res.first_failure_ms;
+        first_us = res.first_failure_us;
       }
     }
     if (res.status == 'S') skipping.push_back(r);

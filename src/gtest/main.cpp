@@ -64,6 +64,8 @@ int init(int* argc, char** argv) {
     if (launch.launcher == Launcher::kSelfSpawnParent) {
       return detail::spawn_and_supervise(original, launch.world_size, options);
     }
+    // A death test's child re-runs this binary inside one rank: it must not join the world.
+    if (!GTEST_FLAG_GET(internal_run_death_test).empty()) return -1;
     if (GTEST_FLAG_GET(list_tests)) {
       if (launch.rank != 0 && std::freopen("/dev/null", "w", stdout) == nullptr) return 1;
       return -1;

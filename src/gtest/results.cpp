@@ -41,7 +41,7 @@ std::string RankResult::serialize() const {
   std::string out;
   put(out, std::string(1, status));
   put(out, test_name);
-  put(out, std::to_string(first_failure_ms));
+  put(out, std::to_string(first_failure_us));
   put(out, skip_message);
   put(out, std::to_string(omitted_parts));
   put(out, std::to_string(failures.size()));
@@ -61,7 +61,7 @@ RankResult RankResult::parse(const std::string& data) {
     const std::string status = in.next();
     r.status = status.empty() ? '?' : status[0];
     r.test_name = in.next();
-    r.first_failure_ms = in.number();
+    r.first_failure_us = in.number();
     r.skip_message = in.next();
     r.omitted_parts = static_cast<int>(in.number());
     const auto n = in.number();
@@ -79,12 +79,12 @@ RankResult RankResult::parse(const std::string& data) {
   return r;
 }
 
-RankResult result_of(const ::testing::TestInfo& info, std::int64_t first_failure_ms) {
+RankResult result_of(const std::string& name, const ::testing::TestResult& tr,
+                     std::int64_t first_failure_us) {
   RankResult r;
-  r.test_name = std::string(info.test_suite_name()) + "." + info.name();
-  const ::testing::TestResult& tr = *info.result();
+  r.test_name = name;
   r.status = tr.Failed() ? 'F' : tr.Skipped() ? 'S' : 'P';
-  r.first_failure_ms = first_failure_ms;
+  r.first_failure_us = first_failure_us;
   for (int i = 0; i < tr.total_part_count(); ++i) {
     const ::testing::TestPartResult& part = tr.GetTestPartResult(i);
     if (part.skipped()) {

@@ -128,7 +128,8 @@ ProcessGroupPtr World::new_group(const std::vector<int>& ranks) {
 }
 
 std::string World::test_key() const {
-  return "t/" + std::to_string(iteration_) + "/" + std::to_string(test_index_);
+  return "t/" + std::to_string(iteration_) + "/" + std::to_string(suite_index_) + "/" +
+         (in_test_ ? std::to_string(test_index_) : "p" + std::to_string(phase_));
 }
 
 void World::set_test_timeout(std::chrono::milliseconds timeout) {

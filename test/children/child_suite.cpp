@@ -120,3 +120,28 @@ TEST_F(Passing, C) {
 }
 
 }  // namespace
+
+namespace {
+
+// Suite-level code: a failure in SetUpTestSuite on rank 1 only, and a hang in TearDownTestSuite.
+class SuiteSetUpFailsOnRankOne : public c10dtest::DistributedTest {
+ public:
+  static void SetUpTestSuite() {
+    if (c10dtest::World::instance().rank() == 1) ADD_FAILURE() << "planted suite failure";
+  }
+};
+
+TEST_F(SuiteSetUpFailsOnRankOne, TestItselfPasses) { barrier(); }
+
+class SuiteTearDownHangs : public c10dtest::DistributedTest {
+ public:
+  static void TearDownTestSuite() {
+    if (c10dtest::World::instance().rank() == 0) {
+      for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
+    }
+  }
+};
+
+TEST_F(SuiteTearDownHangs, TestItselfPasses) { barrier(); }
+
+}  // namespace

@@ -295,6 +295,33 @@ TEST_P(ChildSuite, ListTestsPrintsOnce) {
   EXPECT_EQ(count(o.output, "Passing."), 1) << o.output;
 }
 
+TEST_P(ChildSuite, SuiteSetUpFailureOnOneRankSkipsTheSuiteEverywhereAndIsNamed) {
+  const Outcome o = run_child(4, "--gtest_filter=SuiteSetUpFailsOnRankOne.*");
+  EXPECT_EQ(o.exit_code, kExitTestsFailed) << o.output;
+  EXPECT_NE(o.output.find("[  FAILED  ] SuiteSetUpFailsOnRankOne (suite level) (rank 1 of 4): "),
+            std::string::npos)
+      << o.output;
+  EXPECT_EQ(count(o.output, "planted suite failure"), 1) << o.output;
+  // The other ranks do not run the suite's tests (they would wait for rank 1 in a barrier).
+  EXPECT_NE(o.output.find("[  SKIPPED ] SuiteSetUpFailsOnRankOne.TestItselfPasses: "
+                          "SetUpTestSuite failed on rank 1 of 4"),
+            std::string::npos)
+      << o.output;
+  EXPECT_NE(o.output.find("[  FAILED  ] SuiteSetUpFailsOnRankOne (suite level) (rank 1 of 4)\n"),
+            std::string::npos)
+      << o.output;
+  EXPECT_LT(o.seconds, 60);
+}
+
+TEST_P(ChildSuite, HangInTearDownTestSuiteHitsTheWatchdog) {
+  const Outcome o = run_child(2, "--gtest_filter=SuiteTearDownHangs.* --c10dtest_timeout=3");
+  EXPECT_EQ(o.exit_code, kExitTimeout) << o.output;
+  EXPECT_NE(o.output.find("[  TIMEOUT ] SuiteTearDownHangs (SetUpTestSuite, TearDownTestSuite or "
+                          "fixture code) did not finish within 3000 ms on rank 0 of 2"),
+            std::string::npos)
+      << o.output;
+}
+
 INSTANTIATE_TEST_SUITE_P(Launchers, ChildSuite, ::testing::Values(Launch::kMpirun, Launch::kSelf),
                          [](const auto& info) { return launch_name(info.param); });
 

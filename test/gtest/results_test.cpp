@@ -13,14 +13,14 @@ TEST(RankResult, RoundTripsFailuresWithAnyText) {
   RankResult r;
   r.status = 'F';
   r.test_name = "Suite.Test/3";
-  r.first_failure_ms = 1234567890123;
+  r.first_failure_us = 1234567890123;
   r.omitted_parts = 2;
   r.failures.push_back({"a/b.cpp", 41, "Expected: 1:2:3\nsecond line with 7:colons", true});
   r.failures.push_back({"", -1, "", false});
   const RankResult back = RankResult::parse(r.serialize());
   EXPECT_EQ(back.status, 'F');
   EXPECT_EQ(back.test_name, "Suite.Test/3");
-  EXPECT_EQ(back.first_failure_ms, 1234567890123);
+  EXPECT_EQ(back.first_failure_us, 1234567890123);
   EXPECT_EQ(back.omitted_parts, 2);
   ASSERT_EQ(back.failures.size(), 2u);
   EXPECT_EQ(back.failures[0].file, "a/b.cpp");
