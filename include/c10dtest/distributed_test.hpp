@@ -57,6 +57,9 @@ class DistributedTest : public ::testing::Test {
   ProcessGroupPtr new_group(const std::vector<int>& ranks) const {
     return World::instance().new_group(ranks);
   }
+  ProcessGroupPtr new_group(const std::vector<int>& ranks, BackendKind backend) const {
+    return World::instance().new_group(ranks, backend);
+  }
   ProcessGroupPtr new_subgroups(const std::vector<std::vector<int>>& groups) const {
     return World::instance().new_subgroups(groups);
   }

@@ -45,9 +45,13 @@ class World {
   // A group of `ranks` (world ranks, each once, ascending or not). Collective: every rank must
   // call it, in the same order; ranks outside the group get nullptr. Uses the world's backend.
   ProcessGroupPtr new_group(const std::vector<int>& ranks);
+  // The same with another backend than the world's (e.g. a Gloo group beside an NCCL world, or
+  // a test parameterised over backends). ConfigError if it is not compiled in.
+  ProcessGroupPtr new_group(const std::vector<int>& ranks, BackendKind backend);
   // Splits the world into disjoint groups (e.g. the rows of a 2-D mesh) and returns the one that
   // holds this rank (nullptr if none does). Collective, like new_group.
   ProcessGroupPtr new_subgroups(const std::vector<std::vector<int>>& groups);
+  ProcessGroupPtr new_subgroups(const std::vector<std::vector<int>>& groups, BackendKind backend);
 
   ControlPlane& control();
 
@@ -70,7 +74,7 @@ class World {
   void start();
   int stop(int exit_code);
 
-  GroupOptions group_options(const std::string& name) const;
+  GroupOptions group_options(const std::string& name, BackendKind backend) const;
   void release_process_groups();
   void rebuild_process_groups();
   // Control-plane key prefix of the running test ("t/<iteration>/<suite>/<test>"), or of the

@@ -62,7 +62,7 @@ int init(int* argc, char** argv) {
     ::testing::InitGoogleMock(argc, argv);
     const LaunchInfo launch = detect_launch(env, options.spawn_world_size);
     if (launch.launcher == Launcher::kSelfSpawnParent) {
-      return detail::spawn_and_supervise(original, launch.world_size, options);
+      return detail::spawn_and_supervise(original, launch.world_size);
     }
     // A death test's child re-runs this binary inside one rank: it must not join the world.
     if (!GTEST_FLAG_GET(internal_run_death_test).empty()) return -1;

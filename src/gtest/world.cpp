@@ -46,9 +46,9 @@ c10::Device World::device() const {
   return c10::Device(c10::DeviceType::CPU);
 }
 
-GroupOptions World::group_options(const std::string& name) const {
+GroupOptions World::group_options(const std::string& name, BackendKind backend) const {
   GroupOptions o;
-  o.backend = backend_;
+  o.backend = backend;
   o.timeout = options_.effective_collective_timeout();
   o.cuda_device = local_rank();
   o.name = name;
@@ -86,10 +86,18 @@ void World::rebuild_process_groups() {
   ++generation_;
   auto store = c10::make_intrusive<c10d::PrefixStore>(
       "pg/" + std::to_string(generation_) + "/world", control_->store());
-  world_group_ = make_process_group(store, rank(), world_size(), group_options("world"));
+  world_group_ = make_process_group(store, rank(), world_size(), group_options("world", backend_));
 }
 
 ProcessGroupPtr World::new_subgroups(const std::vector<std::vector<int>>& groups) {
+  return new_subgroups(groups, backend_);
+}
+
+ProcessGroupPtr World::new_subgroups(const std::vector<std::vector<int>>& groups,
+                                     BackendKind backend) {
+  if (backend == BackendKind::kNccl && !nccl_available()) {
+    throw ConfigError("new_group/new_subgroups: this LibTorch was built without NCCL");
+  }
   std::set<int> seen;
   for (const auto& g : groups) {
     if (g.empty()) throw ConfigError("new_subgroups: a group is empty");
@@ -118,13 +126,17 @@ ProcessGroupPtr World::new_subgroups(const std::vector<std::vector<int>>& groups
             std::to_string(i),
         control_->store());
     mine = make_process_group(store, static_cast<int>(it - g.begin()),
-                              static_cast<int>(g.size()), group_options(name.str()));
+                              static_cast<int>(g.size()), group_options(name.str(), backend));
   }
   return mine;
 }
 
 ProcessGroupPtr World::new_group(const std::vector<int>& ranks) {
-  return new_subgroups({ranks});
+  return new_subgroups({ranks}, backend_);
+}
+
+ProcessGroupPtr World::new_group(const std::vector<int>& ranks, BackendKind backend) {
+  return new_subgroups({ranks}, backend);
 }
 
 std::string World::test_key() const {

@@ -51,9 +51,7 @@ std::string describe_status(int status) {
 
 }  // namespace
 
-int spawn_and_supervise(const std::vector<std::string>& args, int world_size,
-                        const RunOptions& options) {
-  (void)options;
+int spawn_and_supervise(const std::vector<std::string>& args, int world_size) {
   const std::string base = private_runtime_dir(process_env());
   std::string dir_template = base + "/spawn-XXXXXX";
   if (mkdtemp(dir_template.data()) == nullptr) {

@@ -4,14 +4,13 @@
 #include <string>
 #include <vector>
 
-#include "c10dtest/options.hpp"
+#include "c10dtest/options.hpp"  // exit codes
 
 namespace c10dtest::detail {
 
 // Runs `world_size` copies of this executable with `args` as ranks, supervises them and returns
 // the run's exit code. A rank killed by a signal, or one that exits non-zero while its peers keep
 // running, is named on stderr and the others are ended; no rank outlives the parent.
-int spawn_and_supervise(const std::vector<std::string>& args, int world_size,
-                        const RunOptions& options);
+int spawn_and_supervise(const std::vector<std::string>& args, int world_size);
 
 }  // namespace c10dtest::detail

@@ -131,6 +131,38 @@ TEST_P(PrefixGroups, AllReduceOverTheFirstRanks) {
 
 INSTANTIATE_TEST_SUITE_P(Sizes, PrefixGroups, ::testing::Values(1, 2, 4));
 
+// Value-parameterised over backends: NCCL runs where LibTorch has it (on a GPU machine).
+class BackendGroups : public c10dtest::DistributedTestWithParam<c10dtest::BackendKind> {};
+
+TEST_P(BackendGroups, WorldSizedGroupAllReduces) {
+  const auto backend = GetParam();
+  if (backend == c10dtest::BackendKind::kNccl) {
+    if (!c10dtest::nccl_available()) GTEST_SKIP() << "LibTorch without NCCL";
+    C10DTEST_REQUIRE_GPUS(1);
+  }
+  std::vector<int> all;
+  for (int r = 0; r < world_size(); ++r) all.push_back(r);
+  auto g = new_group(all, backend);
+  ASSERT_TRUE(g);
+  const auto options = at::TensorOptions().device(
+      backend == c10dtest::BackendKind::kNccl ? c10::Device(c10::kCUDA, local_rank())
+                                              : c10::Device(c10::kCPU));
+  std::vector<at::Tensor> t{at::full({5}, 2.0, options)};
+  g->allreduce(t)->wait();
+  EXPECT_TRUE(at::equal(t[0].cpu(), at::full({5}, 2.0 * world_size())));
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, BackendGroups,
+                         ::testing::Values(c10dtest::BackendKind::kGloo,
+                                           c10dtest::BackendKind::kNccl),
+                         [](const auto& info) { return c10dtest::to_string(info.param); });
+
+TEST(Comm, NcclWithoutNcclIsAClearError) {
+  if (c10dtest::nccl_available()) GTEST_SKIP() << "LibTorch has NCCL";
+  EXPECT_THROW(c10dtest::World::instance().new_group({0}, c10dtest::BackendKind::kNccl),
+               c10dtest::ConfigError);
+}
+
 class Skips : public c10dtest::DistributedTest {};
 
 TEST_F(Skips, GpuRequirementSkipsOnCpuOnlyLibTorch) {
