@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 reps=${1:-5}
 scripts/install-deps.sh
-scripts/build.sh >/dev/null
+scripts/build.sh trivial_tests >/dev/null
 bin=${C10DTEST_BUILD_DIR:-build}/bench/trivial_tests
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export OMPI_MCA_rmaps_base_oversubscribe=1 OMPI_MCA_btl_vader_single_copy_mechanism=none

@@ -4,6 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
-scripts/build.sh
+scripts/build.sh collectives_example
 build=${C10DTEST_BUILD_DIR:-build}
 scripts/mpirun.sh -np 4 "$build/examples/collectives_example" "$@"
