@@ -50,4 +50,10 @@ struct GroupOptions {
 ProcessGroupPtr make_process_group(const c10::intrusive_ptr<c10d::Store>& store, int rank,
                                    int size, const GroupOptions& options);
 
+// Drops this reference to `group` (and resets it). On LibTorch 2.x an NCCL group is shut down
+// first, or aborted when `failed`. A Gloo group closes its connections once its last reference
+// and its last Work are gone: after any queued or running collective of this rank has finished
+// or timed out, so never keep Work objects across tests.
+void release_process_group(ProcessGroupPtr& group, bool failed);
+
 }  // namespace c10dtest

@@ -43,12 +43,18 @@ using NativeBackend = c10d::Backend;
 ProcessGroupPtr wrap(const c10::intrusive_ptr<c10d::Store>& store, int rank, int size,
                      c10d::ProcessGroup::BackendType type,
                      const c10::intrusive_ptr<c10d::Backend>& backend,
-                     std::chrono::milliseconds timeout) {
+                     std::chrono::milliseconds timeout, int cuda_device) {
 #if C10DTEST_TORCH_GE(2, 6)
   (void)timeout;
   auto pg = c10::make_intrusive<c10d::ProcessGroup>(store, rank, size);
   pg->setDefaultBackend(type);
+  // setBackend copies the wrapper's bound device into the backend: bind the wrapper first, or
+  // NCCL guesses a device from the global rank for collectives that name none (barrier).
+  if (type == c10d::ProcessGroup::BackendType::NCCL) {
+    pg->setBoundDeviceId(at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(cuda_device)));
+  }
 #else
+  (void)cuda_device;
   auto opts = c10::make_intrusive<c10d::ProcessGroup::Options>(
       type == c10d::ProcessGroup::BackendType::NCCL ? "nccl" : "gloo", timeout);
   auto pg = c10::make_intrusive<c10d::ProcessGroup>(store, rank, size, opts);
@@ -74,7 +80,8 @@ ProcessGroupPtr make_gloo(const c10::intrusive_ptr<c10d::Store>& store, int rank
   }
   auto gloo = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, size, opts);
 #if TORCH_VERSION_MAJOR >= 2
-  return wrap(store, rank, size, c10d::ProcessGroup::BackendType::GLOO, gloo, options.timeout);
+  return wrap(store, rank, size, c10d::ProcessGroup::BackendType::GLOO, gloo, options.timeout,
+              options.cuda_device);
 #else
   return gloo;
 #endif
@@ -89,8 +96,8 @@ ProcessGroupPtr make_nccl(const c10::intrusive_ptr<c10d::Store>& store, int rank
   opts->timeout = options.timeout;
   auto nccl = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, rank, size, opts);
 #if TORCH_VERSION_MAJOR >= 2
-  auto pg = wrap(store, rank, size, c10d::ProcessGroup::BackendType::NCCL, nccl, options.timeout);
-  return pg;
+  return wrap(store, rank, size, c10d::ProcessGroup::BackendType::NCCL, nccl, options.timeout,
+              options.cuda_device);
 #else
   return nccl;
 #endif
@@ -104,6 +111,24 @@ ProcessGroupPtr make_nccl(const c10::intrusive_ptr<c10d::Store>& store, int rank
 }
 
 }  // namespace
+
+void release_process_group(ProcessGroupPtr& group, bool failed) {
+  if (!group) return;
+#if C10DTEST_TORCH_GE(2, 6)
+  // Gloo closes its connections when the last reference goes; NCCL wants an explicit shutdown
+  // (abort after a failure, so that peers' pending collectives do not wait for this rank).
+  if (group->getBackendName() == "nccl") {
+    if (failed) {
+      group->abort();
+    } else {
+      group->shutdown();
+    }
+  }
+#else
+  (void)failed;
+#endif
+  group.reset();
+}
 
 ProcessGroupPtr make_process_group(const c10::intrusive_ptr<c10d::Store>& store, int rank,
                                    int size, const GroupOptions& options) {

@@ -79,10 +79,10 @@ ProcessGroupPtr World::process_group() {
 
 ControlPlane& World::control() { return *control_; }
 
-void World::release_process_groups() { world_group_.reset(); }
+void World::release_process_groups() { release_process_group(world_group_, true); }
 
 void World::rebuild_process_groups() {
-  world_group_.reset();
+  release_process_group(world_group_, true);
   ++generation_;
   auto store = c10::make_intrusive<c10d::PrefixStore>(
       "pg/" + std::to_string(generation_) + "/world", control_->store());
@@ -171,7 +171,7 @@ int World::stop(int exit_code) {
                  launch_.describe().c_str(), e.what());
     code = std::max(code, kExitRankDied);
   }
-  world_group_.reset();
+  release_process_group(world_group_, false);
   watchdog_.reset();
   control_.reset();
   return code;

@@ -1,0 +1,61 @@
+// DeviceMesh: an N-D arrangement of world ranks with one process group per mesh dimension.
+//
+//   auto mesh = c10dtest::DeviceMesh::create({2, world_size() / 2});   // HSDP-style (2, W/2)
+//   auto coord = mesh->coordinate_of(rank());                         // {row, column}
+//   mesh->group(1)->allreduce(t)->wait();                             // along a row
+//
+// Construction is collective over the world (every rank, same order), like new_group. Create
+// meshes inside a test: their groups are not rebuilt after a failed test.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "c10dtest/comm.hpp"
+
+namespace c10dtest {
+
+class DeviceMesh {
+ public:
+  // A mesh of `shape` over world ranks 0 .. prod(shape)-1 in row-major order, or over `ranks`
+  // (row-major, each once). Throws ConfigError when the sizes do not match or a rank is invalid.
+  static std::shared_ptr<const DeviceMesh> create(std::vector<std::int64_t> shape);
+  static std::shared_ptr<const DeviceMesh> create(std::vector<std::int64_t> shape,
+                                                  std::vector<int> ranks);
+
+  int ndim() const { return static_cast<int>(shape_.size()); }
+  const std::vector<std::int64_t>& shape() const { return shape_; }
+  std::int64_t size(int dim) const;
+  std::int64_t numel() const { return static_cast<std::int64_t>(ranks_.size()); }
+  // World ranks in row-major order.
+  const std::vector<int>& ranks() const { return ranks_; }
+  bool contains(int world_rank) const;
+
+  // Mesh coordinate of a world rank; ConfigError if it is not in the mesh.
+  std::vector<std::int64_t> coordinate_of(int world_rank) const;
+  int rank_at(const std::vector<std::int64_t>& coordinate) const;
+  // This rank's coordinate, or nullopt when this rank is not in the mesh.
+  std::optional<std::vector<std::int64_t>> my_coordinate() const;
+
+  // This rank's group along mesh dimension `dim` (the ranks sharing every other coordinate);
+  // nullptr when this rank is not in the mesh.
+  ProcessGroupPtr group(int dim) const;
+  // A group over every rank of the mesh (group rank = position in ranks()).
+  ProcessGroupPtr all_group() const { return all_group_; }
+
+  // "DeviceMesh([2, 2], ranks=[0, 1, 2, 3])".
+  std::string describe() const;
+
+ private:
+  DeviceMesh() = default;
+  std::vector<std::int64_t> shape_;
+  std::vector<int> ranks_;
+  std::vector<ProcessGroupPtr> dim_groups_;
+  ProcessGroupPtr all_group_;
+  int my_rank_ = -1;
+};
+
+}  // namespace c10dtest

@@ -1,0 +1,55 @@
+#include "bytes.hpp"
+
+#include <algorithm>
+
+#include "c10dtest/error.hpp"
+
+namespace c10dtest::detail {
+
+at::Tensor as_bytes(const at::Tensor& t) {
+  return t.contiguous().reshape({-1}).view(at::kByte);
+}
+
+at::Tensor from_bytes(const at::Tensor& bytes, at::ScalarType dtype, at::IntArrayRef shape) {
+  std::int64_t numel = 1;
+  for (auto s : shape) numel *= s;
+  const auto element = static_cast<std::int64_t>(c10::elementSize(dtype));
+  if (bytes.numel() != numel * element) {
+    throw Error("from_bytes: " + std::to_string(bytes.numel()) + " bytes cannot hold " +
+                std::to_string(numel) + " elements of " + c10::toString(dtype));
+  }
+  if (numel == 0) return at::empty(shape, bytes.options().dtype(dtype));
+  return bytes.view(dtype).reshape(shape);
+}
+
+std::vector<at::Tensor> all_gather_bytes(const ProcessGroupPtr& pg, const at::Tensor& bytes,
+                                         std::optional<std::vector<std::int64_t>> sizes) {
+  const int n = pg->getSize();
+  if (!sizes) {
+    std::vector<at::Tensor> in{at::full({1}, bytes.numel(), at::kLong)};
+    std::vector<std::vector<at::Tensor>> out(1);
+    for (int r = 0; r < n; ++r) out[0].push_back(at::empty({1}, at::kLong));
+    pg->allgather(out, in)->wait();
+    sizes.emplace();
+    for (const auto& t : out[0]) sizes->push_back(t.item<std::int64_t>());
+  }
+  if (static_cast<int>(sizes->size()) != n) {
+    throw Error("all_gather_bytes: " + std::to_string(sizes->size()) + " sizes for a group of " +
+                std::to_string(n));
+  }
+  const std::int64_t longest =
+      std::max<std::int64_t>(1, *std::max_element(sizes->begin(), sizes->end()));
+  at::Tensor padded = at::zeros({longest}, bytes.options());
+  if (bytes.numel() > 0) padded.narrow(0, 0, bytes.numel()).copy_(bytes);
+  std::vector<at::Tensor> in{padded};
+  std::vector<std::vector<at::Tensor>> out(1);
+  for (int r = 0; r < n; ++r) out[0].push_back(at::empty({longest}, bytes.options()));
+  pg->allgather(out, in)->wait();
+  std::vector<at::Tensor> result;
+  for (int r = 0; r < n; ++r) {
+    result.push_back(out[0][static_cast<std::size_t>(r)].narrow(0, 0, (*sizes)[static_cast<std::size_t>(r)]));
+  }
+  return result;
+}
+
+}  // namespace c10dtest::detail

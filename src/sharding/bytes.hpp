@@ -1,0 +1,24 @@
+// Private helpers: move tensors of any dtype through Gloo as bytes.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <vector>
+
+#include "c10dtest/comm.hpp"
+
+namespace c10dtest::detail {
+
+// A flat uint8 view (or copy, when not contiguous) of `t`'s elements.
+at::Tensor as_bytes(const at::Tensor& t);
+// The inverse: `bytes` (exactly numel * element size of them) as a tensor of `dtype`, `shape`.
+at::Tensor from_bytes(const at::Tensor& bytes, at::ScalarType dtype, at::IntArrayRef shape);
+
+// Allgathers each member's 1-D uint8 tensor over `pg` in one collective (padding to the longest);
+// returns them by group rank, each of its true length. `sizes` (by group rank) skips the size
+// exchange when every member already knows them.
+std::vector<at::Tensor> all_gather_bytes(const ProcessGroupPtr& pg, const at::Tensor& bytes,
+                                         std::optional<std::vector<std::int64_t>> sizes = {});
+
+}  // namespace c10dtest::detail

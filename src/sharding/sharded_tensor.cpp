@@ -1,0 +1,243 @@
+#include "c10dtest/sharded_tensor.hpp"
+
+#include <algorithm>
+#include <map>
+#include <sstream>
+
+#include "bytes.hpp"
+
+namespace c10dtest {
+
+namespace {
+
+std::string vec_text(const std::vector<std::int64_t>& v) {
+  std::ostringstream os;
+  os << '[';
+  for (std::size_t i = 0; i < v.size(); ++i) os << (i ? ", " : "") << v[i];
+  os << ']';
+  return os.str();
+}
+
+std::string shard_text(const ShardMetadata& m, std::size_t index) {
+  return "shard " + std::to_string(index) + " (rank " + std::to_string(m.rank) + ", offsets " +
+         vec_text(m.offsets) + ", sizes " + vec_text(m.sizes) + ")";
+}
+
+std::int64_t volume(const std::vector<std::int64_t>& sizes) {
+  std::int64_t v = 1;
+  for (auto s : sizes) v *= s;
+  return v;
+}
+
+bool overlap(const ShardMetadata& a, const ShardMetadata& b) {
+  for (std::size_t d = 0; d < a.sizes.size(); ++d) {
+    const auto lo = std::max(a.offsets[d], b.offsets[d]);
+    const auto hi = std::min(a.offsets[d] + a.sizes[d], b.offsets[d] + b.sizes[d]);
+    if (lo >= hi) return false;
+  }
+  return true;
+}
+
+// Metadata travels as int64: [ndim, dtype, nshards, (offsets, sizes)*].
+std::vector<std::int64_t> encode(const std::vector<LocalShard>& shards, std::size_t ndim,
+                                 at::ScalarType dtype) {
+  std::vector<std::int64_t> out{static_cast<std::int64_t>(ndim), static_cast<std::int64_t>(dtype),
+                                static_cast<std::int64_t>(shards.size())};
+  for (const auto& s : shards) {
+    out.insert(out.end(), s.metadata.offsets.begin(), s.metadata.offsets.end());
+    out.insert(out.end(), s.metadata.sizes.begin(), s.metadata.sizes.end());
+  }
+  return out;
+}
+
+}  // namespace
+
+void validate_tiling(const ShardedTensorMetadata& meta, int group_size) {
+  const std::size_t ndim = meta.global_shape.size();
+  for (std::size_t i = 0; i < meta.shards.size(); ++i) {
+    const auto& m = meta.shards[i];
+    if (m.offsets.size() != ndim || m.sizes.size() != ndim) {
+      throw ShardingError(shard_text(m, i) + " has " + std::to_string(m.offsets.size()) +
+                          " offsets and " + std::to_string(m.sizes.size()) +
+                          " sizes for a tensor of " + std::to_string(ndim) + " dims");
+    }
+    if (m.rank < 0 || m.rank >= group_size) {
+      throw ShardingError(shard_text(m, i) + " belongs to a rank outside the group of " +
+                          std::to_string(group_size));
+    }
+    for (std::size_t d = 0; d < ndim; ++d) {
+      if (m.offsets[d] < 0 || m.sizes[d] < 0 || m.offsets[d] + m.sizes[d] > meta.global_shape[d]) {
+        throw ShardingError(shard_text(m, i) + " is out of bounds in dim " + std::to_string(d) +
+                            " of global shape " + vec_text(meta.global_shape));
+      }
+    }
+  }
+  for (std::size_t i = 0; i < meta.shards.size(); ++i) {
+    if (volume(meta.shards[i].sizes) == 0) continue;
+    for (std::size_t j = i + 1; j < meta.shards.size(); ++j) {
+      if (volume(meta.shards[j].sizes) > 0 && overlap(meta.shards[i], meta.shards[j])) {
+        throw ShardingError(shard_text(meta.shards[i], i) + " overlaps " +
+                            shard_text(meta.shards[j], j));
+      }
+    }
+  }
+  std::int64_t covered = 0;
+  for (const auto& m : meta.shards) covered += volume(m.sizes);
+  const std::int64_t total = volume(meta.global_shape);
+  if (covered == total) return;
+  // Not overlapping and not covering everything: find the first uncovered index on the grid of
+  // shard boundaries.
+  std::vector<std::vector<std::int64_t>> cuts(ndim);
+  for (std::size_t d = 0; d < ndim; ++d) {
+    cuts[d] = {0, meta.global_shape[d]};
+    for (const auto& m : meta.shards) {
+      cuts[d].push_back(m.offsets[d]);
+      cuts[d].push_back(m.offsets[d] + m.sizes[d]);
+    }
+    std::sort(cuts[d].begin(), cuts[d].end());
+    cuts[d].erase(std::unique(cuts[d].begin(), cuts[d].end()), cuts[d].end());
+  }
+  // Odometer over the grid cells; a cell is uncovered iff its first point is.
+  std::vector<std::size_t> cell(ndim, 0);
+  for (;;) {
+    std::vector<std::int64_t> point(ndim);
+    bool real_cell = true;
+    for (std::size_t d = 0; d < ndim; ++d) {
+      point[d] = cuts[d][cell[d]];
+      if (point[d] >= meta.global_shape[d]) real_cell = false;
+    }
+    const bool hit = std::any_of(meta.shards.begin(), meta.shards.end(), [&](const ShardMetadata& m) {
+      for (std::size_t d = 0; d < ndim; ++d) {
+        if (point[d] < m.offsets[d] || point[d] >= m.offsets[d] + m.sizes[d]) return false;
+      }
+      return true;
+    });
+    if (real_cell && !hit) {
+      throw ShardingError("the shards cover " + std::to_string(covered) + " of " +
+                          std::to_string(total) + " elements of global shape " +
+                          vec_text(meta.global_shape) + "; the first gap is at index " +
+                          vec_text(point));
+    }
+    int d = static_cast<int>(ndim) - 1;
+    while (d >= 0 && ++cell[static_cast<std::size_t>(d)] == cuts[static_cast<std::size_t>(d)].size()) {
+      cell[static_cast<std::size_t>(d)] = 0;
+      --d;
+    }
+    if (d < 0) break;
+  }
+  throw ShardingError("the shards cover " + std::to_string(covered) + " of " +
+                      std::to_string(total) + " elements of global shape " +
+                      vec_text(meta.global_shape));
+}
+
+ShardedTensor ShardedTensor::from_local_shards(std::vector<LocalShard> local_shards,
+                                               std::vector<std::int64_t> global_shape,
+                                               ProcessGroupPtr pg) {
+  const int me = pg->getRank();
+  at::ScalarType dtype = at::kFloat;
+  bool have_dtype = false;
+  for (std::size_t i = 0; i < local_shards.size(); ++i) {
+    auto& s = local_shards[i];
+    s.metadata.rank = me;
+    if (!s.tensor.defined() || s.tensor.sizes().vec() != s.metadata.sizes) {
+      throw ShardingError("rank " + std::to_string(me) + ": local " + shard_text(s.metadata, i) +
+                          " holds a tensor of shape " +
+                          (s.tensor.defined() ? vec_text(s.tensor.sizes().vec()) : "<undefined>"));
+    }
+    if (have_dtype && s.tensor.scalar_type() != dtype) {
+      throw ShardingError("rank " + std::to_string(me) + ": local shards mix " +
+                          c10::toString(dtype) + " and " + c10::toString(s.tensor.scalar_type()));
+    }
+    dtype = s.tensor.scalar_type();
+    have_dtype = true;
+  }
+  const auto encoded = encode(local_shards, global_shape.size(), have_dtype ? dtype : at::kFloat);
+  at::Tensor mine = at::tensor(encoded, at::kLong);
+  const auto gathered = detail::all_gather_bytes(pg, detail::as_bytes(mine));
+
+  ShardedTensor st;
+  st.local_ = std::move(local_shards);
+  st.pg_ = std::move(pg);
+  st.meta_.global_shape = global_shape;
+  bool dtype_known = false;
+  for (int r = 0; r < static_cast<int>(gathered.size()); ++r) {
+    const at::Tensor ints = detail::from_bytes(gathered[static_cast<std::size_t>(r)], at::kLong,
+                                               {gathered[static_cast<std::size_t>(r)].numel() / 8});
+    const auto* p = ints.data_ptr<std::int64_t>();
+    const auto ndim = static_cast<std::size_t>(p[0]);
+    const auto rank_dtype = static_cast<at::ScalarType>(p[1]);
+    const auto n = p[2];
+    if (ndim != global_shape.size()) {
+      throw ShardingError("rank " + std::to_string(r) + " describes a tensor of " +
+                          std::to_string(ndim) + " dims, rank " + std::to_string(me) + " of " +
+                          std::to_string(global_shape.size()));
+    }
+    if (n > 0) {
+      if (dtype_known && rank_dtype != st.meta_.dtype) {
+        throw ShardingError("rank " + std::to_string(r) + " holds " + c10::toString(rank_dtype) +
+                            " shards, others " + c10::toString(st.meta_.dtype));
+      }
+      st.meta_.dtype = rank_dtype;
+      dtype_known = true;
+    }
+    std::size_t k = 3;
+    for (std::int64_t i = 0; i < n; ++i) {
+      ShardMetadata m;
+      m.rank = r;
+      m.offsets.assign(p + k, p + k + ndim);
+      k += ndim;
+      m.sizes.assign(p + k, p + k + ndim);
+      k += ndim;
+      st.meta_.shards.push_back(std::move(m));
+    }
+  }
+  return st;
+}
+
+void ShardedTensor::validate() const {
+  validate_tiling(meta_, pg_->getSize());
+  for (std::size_t i = 0; i < local_.size(); ++i) {
+    if (local_[i].tensor.scalar_type() != meta_.dtype) {
+      throw ShardingError("rank " + std::to_string(pg_->getRank()) + ": local " +
+                          shard_text(local_[i].metadata, i) + " is " +
+                          c10::toString(local_[i].tensor.scalar_type()) + ", the tensor is " +
+                          c10::toString(meta_.dtype));
+    }
+  }
+}
+
+at::Tensor ShardedTensor::full_tensor() const {
+  validate();
+  // Every rank packs its shards back to back; one allgather moves them all.
+  std::vector<at::Tensor> parts;
+  for (const auto& s : local_) parts.push_back(detail::as_bytes(s.tensor));
+  at::Tensor mine = parts.empty() ? at::empty({0}, at::kByte) : at::cat(parts);
+  const auto element = static_cast<std::int64_t>(c10::elementSize(meta_.dtype));
+  std::vector<std::int64_t> sizes(static_cast<std::size_t>(pg_->getSize()), 0);
+  for (const auto& m : meta_.shards) sizes[static_cast<std::size_t>(m.rank)] += volume(m.sizes) * element;
+  const auto gathered = detail::all_gather_bytes(pg_, mine, sizes);
+  at::Tensor full = at::empty(meta_.global_shape, mine.options().dtype(meta_.dtype));
+  std::vector<std::int64_t> cursor(sizes.size(), 0);
+  for (const auto& m : meta_.shards) {
+    const std::int64_t n = volume(m.sizes) * element;
+    const auto r = static_cast<std::size_t>(m.rank);
+    at::Tensor piece = detail::from_bytes(gathered[r].narrow(0, cursor[r], n).clone(), meta_.dtype,
+                                          m.sizes);
+    cursor[r] += n;
+    at::Tensor target = full;
+    for (std::size_t d = 0; d < m.sizes.size(); ++d) {
+      target = target.narrow(static_cast<std::int64_t>(d), m.offsets[d], m.sizes[d]);
+    }
+    target.copy_(piece);
+  }
+  return full;
+}
+
+std::string ShardedTensor::describe() const {
+  std::ostringstream os;
+  os << "ShardedTensor(shape=" << vec_text(meta_.global_shape)
+     << ", dtype=" << c10::toString(meta_.dtype) << ", " << meta_.shards.size() << " shards)";
+  return os.str();
+}
+
+}  // namespace c10dtest
