@@ -62,6 +62,10 @@ class World {
   // every rank's `value`. Used to make skip decisions identical on every rank.
   std::int64_t min_over_ranks(std::int64_t value);
 
+  // A control-plane tag for the next collective of the running test ("t/0/3/2/<what>/5"): the
+  // same on every rank as long as every rank makes the same calls in the same order.
+  std::string next_tag(const std::string& what);
+
   ~World();
 
  private:

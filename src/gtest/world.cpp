@@ -149,9 +149,13 @@ void World::set_test_timeout(std::chrono::milliseconds timeout) {
   watchdog_->set_timeout(timeout);
 }
 
+std::string World::next_tag(const std::string& what) {
+  return test_key() + "/" + what + "/" + std::to_string(call_seq_++);
+}
+
 std::int64_t World::min_over_ranks(std::int64_t value) {
-  const auto values = control_->all_gather(test_key() + "/min/" + std::to_string(call_seq_++),
-                                           std::to_string(value), options_.test_timeout);
+  const auto values =
+      control_->all_gather(next_tag("min"), std::to_string(value), options_.test_timeout);
   std::int64_t m = value;
   for (const auto& v : values) m = std::min<std::int64_t>(m, std::stoll(v));
   return m;

@@ -1,0 +1,316 @@
+#include "c10dtest/model_state_dict.hpp"
+
+#include <torch/csrc/autograd/grad_mode.h>
+
+#include <sstream>
+
+#include "../sharding/bytes.hpp"
+#include "c10dtest/control_plane.hpp"
+#include "c10dtest/world.hpp"
+
+namespace c10dtest {
+
+void StateDictHooks::state_dict_hook(StateDict&, const std::string&) const {}
+void StateDictHooks::load_state_dict_pre_hook(StateDict&, const std::string&) const {}
+std::map<std::string, std::string> StateDictHooks::fqn_modifiers() const { return {}; }
+
+namespace {
+
+std::vector<std::string> split(const std::string& s) {
+  std::vector<std::string> out;
+  std::string cur;
+  for (char c : s) {
+    if (c == '.') {
+      out.push_back(cur);
+      cur.clear();
+    } else {
+      cur += c;
+    }
+  }
+  out.push_back(cur);
+  return out;
+}
+
+std::string shape_text(at::IntArrayRef s) {
+  std::ostringstream os;
+  os << '[';
+  for (std::size_t i = 0; i < s.size(); ++i) os << (i ? ", " : "") << s[i];
+  os << ']';
+  return os.str();
+}
+
+const torch::nn::Module* child_of(const torch::nn::Module& m, const std::string& name) {
+  const auto children = m.named_children();
+  const auto* found = children.find(name);
+  return found == nullptr ? nullptr : found->get();
+}
+
+std::map<std::string, std::string> modifiers_of(const torch::nn::Module& m) {
+  const auto* hooks = dynamic_cast<const StateDictHooks*>(&m);
+  return hooks == nullptr ? std::map<std::string, std::string>{} : hooks->fqn_modifiers();
+}
+
+std::string join(const std::vector<std::string>& parts) {
+  std::string out;
+  for (const auto& p : parts) out += (out.empty() ? "" : ".") + p;
+  return out;
+}
+
+struct Slot {
+  std::string path;
+  at::Tensor tensor;
+  bool frozen = false;
+};
+
+// Parameters then buffers of `m`, then its children's, depth first.
+void slots(const torch::nn::Module& m, const std::string& prefix, std::vector<Slot>* out) {
+  for (const auto& p : m.named_parameters(/*recurse=*/false)) {
+    out->push_back({prefix + p.key(), p.value(), !p.value().requires_grad()});
+  }
+  for (const auto& b : m.named_buffers(/*recurse=*/false)) {
+    out->push_back({prefix + b.key(), b.value(), false});
+  }
+  for (const auto& c : m.named_children()) slots(*c.value(), prefix + c.key() + ".", out);
+}
+
+void run_save_hooks(const torch::nn::Module& m, const std::string& prefix, StateDict& sd) {
+  for (const auto& c : m.named_children()) run_save_hooks(*c.value(), prefix + c.key() + ".", sd);
+  if (const auto* hooks = dynamic_cast<const StateDictHooks*>(&m)) hooks->state_dict_hook(sd, prefix);
+}
+
+void run_load_hooks(const torch::nn::Module& m, const std::string& prefix, StateDict& sd) {
+  if (const auto* hooks = dynamic_cast<const StateDictHooks*>(&m)) {
+    hooks->load_state_dict_pre_hook(sd, prefix);
+  }
+  for (const auto& c : m.named_children()) run_load_hooks(*c.value(), prefix + c.key() + ".", sd);
+}
+
+// Slices `full` to this rank's piece of `layout`.
+at::Tensor piece_of(const at::Tensor& full, const ParamLayout& layout) {
+  std::vector<std::int64_t> shape;
+  std::vector<std::int64_t> offset;
+  detail::local_extent(layout.global_shape, layout.placements, *layout.mesh,
+                       layout.mesh->coordinate_of(World::instance().rank()), &shape, &offset);
+  at::Tensor t = full;
+  for (std::size_t d = 0; d < shape.size(); ++d) {
+    t = t.narrow(static_cast<std::int64_t>(d), offset[d], shape[d]);
+  }
+  return t;
+}
+
+// Rank 0's tensors reach every rank: names, dtypes and shapes over the control plane, the
+// bytes by one broadcast each over the world group.
+StateDict broadcast_from_rank0(const StateDict& sd) {
+  World& world = World::instance();
+  std::ostringstream meta;
+  if (world.rank() == 0) {
+    for (std::size_t i = 0; i < sd.size(); ++i) {
+      const auto& v = sd.value(i);
+      if (!v.is<at::Tensor>()) {
+        throw StateDictError("broadcast_from_rank0: '" + sd.keys()[i] + "' is a " +
+                             v.type_name() + "; rank 0 must hold full tensors");
+      }
+      const auto& t = v.as<at::Tensor>();
+      meta << sd.keys()[i] << '\n' << static_cast<int>(t.scalar_type()) << ' ' << t.dim();
+      for (auto s : t.sizes()) meta << ' ' << s;
+      meta << '\n';
+    }
+  }
+  const auto all = world.control().all_gather(world.next_tag("bcast"), meta.str(),
+                                              world.options().test_timeout);
+  std::istringstream in(all[0]);
+  StateDict out;
+  std::string key;
+  while (std::getline(in, key)) {
+    std::string line;
+    std::getline(in, line);
+    std::istringstream fields(line);
+    int dtype = 0;
+    int ndim = 0;
+    fields >> dtype >> ndim;
+    std::vector<std::int64_t> shape(static_cast<std::size_t>(ndim));
+    for (auto& s : shape) fields >> s;
+    at::Tensor t = world.rank() == 0 ? sd.at(key).as<at::Tensor>().cpu().contiguous().clone()
+                                     : at::empty(shape, at::TensorOptions().dtype(
+                                                            static_cast<at::ScalarType>(dtype)));
+    if (t.numel() > 0) {
+      std::vector<at::Tensor> bytes{detail::as_bytes(t)};
+      world.process_group()->broadcast(bytes)->wait();
+    }
+    out.insert(key, t);
+  }
+  return out;
+}
+
+}  // namespace
+
+std::string fqn_of(const torch::nn::Module& module, const std::string& path) {
+  const auto parts = split(path);
+  std::vector<std::string> out;
+  const torch::nn::Module* curr = &module;
+  for (std::size_t i = 0; i < parts.size(); ++i) {
+    if (curr != nullptr && i + 1 < parts.size()) {
+      const auto mods = modifiers_of(*curr);
+      const auto it = mods.find(parts[i + 1]);
+      if (it != mods.end() && it->second == parts[i]) {
+        // "embedding.weight" where {"weight": "embedding"}: the child's name is left out.
+        curr = child_of(*curr, parts[i]);
+        continue;
+      }
+    }
+    out.push_back(parts[i]);
+    curr = curr == nullptr ? nullptr : child_of(*curr, parts[i]);
+  }
+  return join(out);
+}
+
+std::string path_of(const torch::nn::Module& module, const std::string& key) {
+  std::vector<std::string> out;
+  const torch::nn::Module* curr = &module;
+  for (const auto& part : split(key)) {
+    if (curr != nullptr) {
+      const auto mods = modifiers_of(*curr);
+      const auto it = mods.find(part);
+      if (it != mods.end() && child_of(*curr, it->second) != nullptr) {
+        out.push_back(it->second);
+        curr = child_of(*curr, it->second);
+      }
+    }
+    out.push_back(part);
+    curr = curr == nullptr ? nullptr : child_of(*curr, part);
+  }
+  return join(out);
+}
+
+StateDict get_model_state_dict(const torch::nn::Module& module, const StateDictOptions& options,
+                               const ParamLayouts& layouts) {
+  std::vector<Slot> all;
+  slots(module, "", &all);
+  StateDict sd;
+  for (const auto& s : all) {
+    if (options.ignore_frozen_params && s.frozen) continue;
+    const at::Tensor t = s.tensor.detach();
+    const auto layout = layouts.find(s.path);
+    if (layout == layouts.end()) {
+      sd.insert(s.path, t);
+    } else {
+      sd.insert(s.path, DTensor(t, layout->second.mesh, layout->second.placements,
+                                layout->second.global_shape));
+    }
+  }
+  run_save_hooks(module, "", sd);
+  if (options.full_state_dict) {
+    for (std::size_t i = 0; i < sd.size(); ++i) {
+      StateValue& v = sd.value(i);
+      if (v.is<DTensor>()) v = v.as<DTensor>().full_tensor();
+      if (v.is<ShardedTensor>()) v = v.as<ShardedTensor>().full_tensor();
+    }
+  }
+  if (options.cpu_offload) {
+    if (options.full_state_dict && World::initialized() && World::instance().rank() != 0) {
+      return StateDict();
+    }
+    for (std::size_t i = 0; i < sd.size(); ++i) {
+      StateValue& v = sd.value(i);
+      if (v.is<at::Tensor>()) v = v.as<at::Tensor>().cpu();
+      if (v.is<DTensor>()) {
+        const auto& d = v.as<DTensor>();
+        v = DTensor(d.local().cpu(), d.mesh(), d.placements(), d.global_shape());
+      }
+    }
+  }
+  return sd;
+}
+
+LoadResult set_model_state_dict(torch::nn::Module& module, const StateDict& state_dict,
+                                const StateDictOptions& options, const ParamLayouts& layouts) {
+  StateDict sd = options.broadcast_from_rank0 ? broadcast_from_rank0(state_dict) : state_dict;
+  run_load_hooks(module, "", sd);
+
+  std::vector<Slot> all;
+  slots(module, "", &all);
+  std::map<std::string, std::string> key_of_path;
+  LoadResult result;
+  std::map<std::string, const Slot*> by_path;
+  for (const auto& s : all) {
+    if (!(options.ignore_frozen_params && s.frozen)) by_path[s.path] = &s;
+  }
+  for (const auto& key : sd.keys()) {
+    const std::string path = path_of(module, key);
+    if (by_path.count(path) != 0) {
+      key_of_path[path] = key;
+    } else {
+      result.unexpected_keys.push_back(key);
+    }
+  }
+  for (const auto& s : all) {
+    if (by_path.count(s.path) != 0 && key_of_path.count(s.path) == 0) {
+      result.missing_keys.push_back(fqn_of(module, s.path));
+    }
+  }
+  if (options.strict && (!result.missing_keys.empty() || !result.unexpected_keys.empty())) {
+    std::ostringstream os;
+    os << "Error(s) in loading state_dict:";
+    for (const auto* list : {&result.missing_keys, &result.unexpected_keys}) {
+      if (list->empty()) continue;
+      os << (list == &result.missing_keys ? " Missing key(s) in state_dict: "
+                                          : " Unexpected key(s) in state_dict: ");
+      for (std::size_t i = 0; i < list->size(); ++i) {
+        os << (i ? ", " : "") << '"' << (*list)[i] << '"';
+      }
+      os << '.';
+    }
+    throw StateDictError(os.str());
+  }
+
+  torch::NoGradGuard no_grad;
+  for (const auto& s : all) {
+    const auto k = key_of_path.find(s.path);
+    if (k == key_of_path.end()) continue;
+    const std::string& key = k->second;
+    const StateValue& v = sd.at(key);
+    const auto layout = layouts.find(s.path);
+    at::Tensor src;
+    if (v.is<DTensor>() && layout != layouts.end() &&
+        v.as<DTensor>().placements() == layout->second.placements &&
+        v.as<DTensor>().global_shape() == layout->second.global_shape) {
+      src = v.as<DTensor>().local();
+    } else {
+      if (v.is<at::Tensor>()) {
+        src = v.as<at::Tensor>();
+      } else if (v.is<DTensor>()) {
+        src = v.as<DTensor>().full_tensor();
+      } else if (v.is<ShardedTensor>()) {
+        src = v.as<ShardedTensor>().full_tensor();
+      } else {
+        throw StateDictError("'" + key + "' holds a " + std::string(v.type_name()) +
+                             ", not a tensor");
+      }
+      if (layout != layouts.end()) {
+        if (src.sizes().vec() != layout->second.global_shape) {
+          throw StateDictError("size mismatch for " + key + ": copying a param with shape " +
+                               shape_text(src.sizes()) +
+                               " from checkpoint, the shape in current model is " +
+                               shape_text(layout->second.global_shape) + " (sharded)");
+        }
+        src = piece_of(src, layout->second);
+      }
+    }
+    if (src.sizes() != s.tensor.sizes()) {
+      throw StateDictError("size mismatch for " + key + ": copying a param with shape " +
+                           shape_text(src.sizes()) +
+                           " from checkpoint, the shape in current model is " +
+                           shape_text(s.tensor.sizes()));
+    }
+    if (src.scalar_type() != s.tensor.scalar_type()) {
+      throw StateDictError("dtype mismatch for " + key + ": the checkpoint holds " +
+                           c10::toString(src.scalar_type()) + ", the model " +
+                           c10::toString(s.tensor.scalar_type()));
+    }
+    at::Tensor target = s.tensor;
+    target.copy_(src);
+  }
+  return result;
+}
+
+}  // namespace c10dtest
