@@ -53,6 +53,11 @@ class ShardedTensor {
                                          std::vector<std::int64_t> global_shape,
                                          ProcessGroupPtr pg);
 
+  // Without communication: `metadata` must already list every rank's shards (as another
+  // ShardedTensor's does); checked against the local shards, not across ranks.
+  static ShardedTensor from_metadata(std::vector<LocalShard> local_shards,
+                                     ShardedTensorMetadata metadata, ProcessGroupPtr pg);
+
   const std::vector<LocalShard>& local_shards() const { return local_; }
   const ShardedTensorMetadata& metadata() const { return meta_; }
   const ProcessGroupPtr& process_group() const { return pg_; }

@@ -22,6 +22,41 @@ at::Tensor from_bytes(const at::Tensor& bytes, at::ScalarType dtype, at::IntArra
   return bytes.view(dtype).reshape(shape);
 }
 
+namespace {
+
+std::int64_t padded_length(const std::vector<std::int64_t>& sizes) {
+  return std::max<std::int64_t>(1, *std::max_element(sizes.begin(), sizes.end()));
+}
+
+at::Tensor padded(const at::Tensor& bytes, std::int64_t length) {
+  at::Tensor out = at::zeros({length}, bytes.options());
+  if (bytes.numel() > 0) out.narrow(0, 0, bytes.numel()).copy_(bytes);
+  return out;
+}
+
+}  // namespace
+
+std::vector<at::Tensor> gather_bytes(const ProcessGroupPtr& pg, const at::Tensor& bytes,
+                                     const std::vector<std::int64_t>& sizes, int root) {
+  const int n = pg->getSize();
+  const std::int64_t longest = padded_length(sizes);
+  std::vector<at::Tensor> in{padded(bytes, longest)};
+  std::vector<std::vector<at::Tensor>> out;
+  if (pg->getRank() == root) {
+    out.resize(1);
+    for (int r = 0; r < n; ++r) out[0].push_back(at::empty({longest}, bytes.options()));
+  }
+  c10d::GatherOptions opts;
+  opts.rootRank = root;
+  pg->gather(out, in, opts)->wait();
+  std::vector<at::Tensor> result;
+  if (pg->getRank() != root) return result;
+  for (int r = 0; r < n; ++r) {
+    result.push_back(out[0][static_cast<std::size_t>(r)].narrow(0, 0, sizes[static_cast<std::size_t>(r)]));
+  }
+  return result;
+}
+
 std::vector<at::Tensor> all_gather_bytes(const ProcessGroupPtr& pg, const at::Tensor& bytes,
                                          std::optional<std::vector<std::int64_t>> sizes) {
   const int n = pg->getSize();
@@ -37,11 +72,8 @@ std::vector<at::Tensor> all_gather_bytes(const ProcessGroupPtr& pg, const at::Te
     throw Error("all_gather_bytes: " + std::to_string(sizes->size()) + " sizes for a group of " +
                 std::to_string(n));
   }
-  const std::int64_t longest =
-      std::max<std::int64_t>(1, *std::max_element(sizes->begin(), sizes->end()));
-  at::Tensor padded = at::zeros({longest}, bytes.options());
-  if (bytes.numel() > 0) padded.narrow(0, 0, bytes.numel()).copy_(bytes);
-  std::vector<at::Tensor> in{padded};
+  const std::int64_t longest = padded_length(*sizes);
+  std::vector<at::Tensor> in{padded(bytes, longest)};
   std::vector<std::vector<at::Tensor>> out(1);
   for (int r = 0; r < n; ++r) out[0].push_back(at::empty({longest}, bytes.options()));
   pg->allgather(out, in)->wait();

@@ -21,4 +21,9 @@ at::Tensor from_bytes(const at::Tensor& bytes, at::ScalarType dtype, at::IntArra
 std::vector<at::Tensor> all_gather_bytes(const ProcessGroupPtr& pg, const at::Tensor& bytes,
                                          std::optional<std::vector<std::int64_t>> sizes = {});
 
+// Gathers each member's 1-D uint8 tensor to group rank `root` in one collective (padded to the
+// longest of `sizes`); returns them by group rank on the root, nothing elsewhere.
+std::vector<at::Tensor> gather_bytes(const ProcessGroupPtr& pg, const at::Tensor& bytes,
+                                     const std::vector<std::int64_t>& sizes, int root);
+
 }  // namespace c10dtest::detail

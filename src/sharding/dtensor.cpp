@@ -2,6 +2,7 @@
 
 #include <sstream>
 
+#include "assemble.hpp"
 #include "bytes.hpp"
 #include "c10dtest/error.hpp"
 #include "c10dtest/world.hpp"
@@ -120,28 +121,29 @@ std::vector<std::int64_t> DTensor::global_offset_of(int world_rank) const {
   return offset;
 }
 
-at::Tensor DTensor::full_tensor() const {
-  if (!mesh_->contains(World::instance().rank())) {
-    throw ConfigError("DTensor::full_tensor: rank " + std::to_string(World::instance().rank()) +
-                      " is not in " + mesh_->describe());
-  }
-  const auto& ranks = mesh_->ranks();
-  const auto element = static_cast<std::int64_t>(c10::elementSize(dtype()));
-  std::vector<std::int64_t> sizes;
-  for (int r : ranks) {
-    std::int64_t n = element;
-    for (auto s : local_shape_of(r)) n *= s;
-    sizes.push_back(n);
-  }
-  const auto pieces = detail::all_gather_bytes(mesh_->all_group(), detail::as_bytes(local_), sizes);
-  const bool partial = has_partial(placements_);
-  at::Tensor full = at::zeros(global_shape_, local_.options());
-  for (std::size_t i = 0; i < ranks.size(); ++i) {
-    const auto coord = mesh_->coordinate_of(ranks[i]);
+namespace detail {
+
+ProcessGroupPtr group_of(const DTensor& t) { return t.mesh()->all_group(); }
+
+std::int64_t piece_bytes(const DTensor& t, int r) {
+  std::int64_t n = static_cast<std::int64_t>(c10::elementSize(t.dtype()));
+  for (auto s : t.local_shape_of(t.mesh()->ranks()[static_cast<std::size_t>(r)])) n *= s;
+  return n;
+}
+
+at::Tensor my_piece(const DTensor& t) { return as_bytes(t.local()); }
+
+at::Tensor assemble(const DTensor& t, const std::vector<at::Tensor>& pieces) {
+  const auto& mesh = *t.mesh();
+  const auto& placements = t.placements();
+  const bool partial = has_partial(placements);
+  at::Tensor full = at::zeros(t.global_shape(), t.local().options());
+  for (std::size_t i = 0; i < mesh.ranks().size(); ++i) {
+    const auto coord = mesh.coordinate_of(mesh.ranks()[i]);
     // A replica is counted once: only coordinate 0 along Replicate dims contributes.
     bool contributes = true;
-    for (int m = 0; m < mesh_->ndim(); ++m) {
-      if (std::holds_alternative<Replicate>(placements_[static_cast<std::size_t>(m)]) &&
+    for (int m = 0; m < mesh.ndim(); ++m) {
+      if (std::holds_alternative<Replicate>(placements[static_cast<std::size_t>(m)]) &&
           coord[static_cast<std::size_t>(m)] != 0) {
         contributes = false;
       }
@@ -149,18 +151,33 @@ at::Tensor DTensor::full_tensor() const {
     if (!contributes) continue;
     std::vector<std::int64_t> shape;
     std::vector<std::int64_t> offset;
-    detail::local_extent(global_shape_, placements_, *mesh_, coord, &shape, &offset);
-    at::Tensor piece = detail::from_bytes(pieces[i], dtype(), shape);
+    local_extent(t.global_shape(), placements, mesh, coord, &shape, &offset);
+    at::Tensor piece = from_bytes(pieces[i], t.dtype(), shape);
     at::Tensor target = slice(full, shape, offset);
     if (!partial) {
       target.copy_(piece);
-    } else if (dtype() == at::kBool) {
+    } else if (t.dtype() == at::kBool) {
       target.bitwise_or_(piece);
     } else {
       target.add_(piece);
     }
   }
   return full;
+}
+
+}  // namespace detail
+
+at::Tensor DTensor::full_tensor() const {
+  if (!mesh_->contains(World::instance().rank())) {
+    throw ConfigError("DTensor::full_tensor: rank " + std::to_string(World::instance().rank()) +
+                      " is not in " + mesh_->describe());
+  }
+  std::vector<std::int64_t> sizes;
+  for (int r = 0; r < static_cast<int>(mesh_->ranks().size()); ++r) {
+    sizes.push_back(detail::piece_bytes(*this, r));
+  }
+  return detail::assemble(*this, detail::all_gather_bytes(mesh_->all_group(),
+                                                          detail::my_piece(*this), sizes));
 }
 
 DTensor DTensor::redistribute_to_replicate() const {

@@ -4,6 +4,7 @@
 #include <map>
 #include <sstream>
 
+#include "assemble.hpp"
 #include "bytes.hpp"
 
 namespace c10dtest {
@@ -194,6 +195,31 @@ ShardedTensor ShardedTensor::from_local_shards(std::vector<LocalShard> local_sha
   return st;
 }
 
+ShardedTensor ShardedTensor::from_metadata(std::vector<LocalShard> local_shards,
+                                           ShardedTensorMetadata metadata, ProcessGroupPtr pg) {
+  ShardedTensor st;
+  st.local_ = std::move(local_shards);
+  st.meta_ = std::move(metadata);
+  st.pg_ = std::move(pg);
+  const int me = st.pg_->getRank();
+  std::size_t listed = 0;
+  for (const auto& m : st.meta_.shards) listed += m.rank == me ? 1 : 0;
+  if (listed != st.local_.size()) {
+    throw ShardingError("rank " + std::to_string(me) + " holds " +
+                        std::to_string(st.local_.size()) + " local shards but the metadata lists " +
+                        std::to_string(listed));
+  }
+  for (std::size_t i = 0; i < st.local_.size(); ++i) {
+    const auto& s = st.local_[i];
+    if (!s.tensor.defined() || s.tensor.sizes().vec() != s.metadata.sizes) {
+      throw ShardingError("rank " + std::to_string(me) + ": local " + shard_text(s.metadata, i) +
+                          " holds a tensor of shape " +
+                          (s.tensor.defined() ? vec_text(s.tensor.sizes().vec()) : "<undefined>"));
+    }
+  }
+  return st;
+}
+
 void ShardedTensor::validate() const {
   validate_tiling(meta_, pg_->getSize());
   for (std::size_t i = 0; i < local_.size(); ++i) {
@@ -206,23 +232,33 @@ void ShardedTensor::validate() const {
   }
 }
 
-at::Tensor ShardedTensor::full_tensor() const {
-  validate();
-  // Every rank packs its shards back to back; one allgather moves them all.
+namespace detail {
+
+ProcessGroupPtr group_of(const ShardedTensor& t) { return t.process_group(); }
+
+std::int64_t piece_bytes(const ShardedTensor& t, int r) {
+  std::int64_t n = 0;
+  for (const auto& m : t.metadata().shards) {
+    if (m.rank == r) n += volume(m.sizes);
+  }
+  return n * static_cast<std::int64_t>(c10::elementSize(t.metadata().dtype));
+}
+
+at::Tensor my_piece(const ShardedTensor& t) {
   std::vector<at::Tensor> parts;
-  for (const auto& s : local_) parts.push_back(detail::as_bytes(s.tensor));
-  at::Tensor mine = parts.empty() ? at::empty({0}, at::kByte) : at::cat(parts);
-  const auto element = static_cast<std::int64_t>(c10::elementSize(meta_.dtype));
-  std::vector<std::int64_t> sizes(static_cast<std::size_t>(pg_->getSize()), 0);
-  for (const auto& m : meta_.shards) sizes[static_cast<std::size_t>(m.rank)] += volume(m.sizes) * element;
-  const auto gathered = detail::all_gather_bytes(pg_, mine, sizes);
-  at::Tensor full = at::empty(meta_.global_shape, mine.options().dtype(meta_.dtype));
-  std::vector<std::int64_t> cursor(sizes.size(), 0);
-  for (const auto& m : meta_.shards) {
+  for (const auto& s : t.local_shards()) parts.push_back(as_bytes(s.tensor));
+  return parts.empty() ? at::empty({0}, at::kByte) : at::cat(parts);
+}
+
+at::Tensor assemble(const ShardedTensor& t, const std::vector<at::Tensor>& pieces) {
+  const auto& meta = t.metadata();
+  const auto element = static_cast<std::int64_t>(c10::elementSize(meta.dtype));
+  at::Tensor full = at::empty(meta.global_shape, at::TensorOptions().dtype(meta.dtype));
+  std::vector<std::int64_t> cursor(pieces.size(), 0);
+  for (const auto& m : meta.shards) {
     const std::int64_t n = volume(m.sizes) * element;
     const auto r = static_cast<std::size_t>(m.rank);
-    at::Tensor piece = detail::from_bytes(gathered[r].narrow(0, cursor[r], n).clone(), meta_.dtype,
-                                          m.sizes);
+    at::Tensor piece = from_bytes(pieces[r].narrow(0, cursor[r], n).clone(), meta.dtype, m.sizes);
     cursor[r] += n;
     at::Tensor target = full;
     for (std::size_t d = 0; d < m.sizes.size(); ++d) {
@@ -231,6 +267,15 @@ at::Tensor ShardedTensor::full_tensor() const {
     target.copy_(piece);
   }
   return full;
+}
+
+}  // namespace detail
+
+at::Tensor ShardedTensor::full_tensor() const {
+  validate();
+  std::vector<std::int64_t> sizes;
+  for (int r = 0; r < pg_->getSize(); ++r) sizes.push_back(detail::piece_bytes(*this, r));
+  return detail::assemble(*this, detail::all_gather_bytes(pg_, detail::my_piece(*this), sizes));
 }
 
 std::string ShardedTensor::describe() const {

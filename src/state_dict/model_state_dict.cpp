@@ -4,8 +4,7 @@
 
 #include <sstream>
 
-#include "../sharding/bytes.hpp"
-#include "c10dtest/control_plane.hpp"
+#include "c10dtest/distributed_state_dict.hpp"
 #include "c10dtest/world.hpp"
 
 namespace c10dtest {
@@ -98,50 +97,6 @@ at::Tensor piece_of(const at::Tensor& full, const ParamLayout& layout) {
   return t;
 }
 
-// Rank 0's tensors reach every rank: names, dtypes and shapes over the control plane, the
-// bytes by one broadcast each over the world group.
-StateDict broadcast_from_rank0(const StateDict& sd) {
-  World& world = World::instance();
-  std::ostringstream meta;
-  if (world.rank() == 0) {
-    for (std::size_t i = 0; i < sd.size(); ++i) {
-      const auto& v = sd.value(i);
-      if (!v.is<at::Tensor>()) {
-        throw StateDictError("broadcast_from_rank0: '" + sd.keys()[i] + "' is a " +
-                             v.type_name() + "; rank 0 must hold full tensors");
-      }
-      const auto& t = v.as<at::Tensor>();
-      meta << sd.keys()[i] << '\n' << static_cast<int>(t.scalar_type()) << ' ' << t.dim();
-      for (auto s : t.sizes()) meta << ' ' << s;
-      meta << '\n';
-    }
-  }
-  const auto all = world.control().all_gather(world.next_tag("bcast"), meta.str(),
-                                              world.options().test_timeout);
-  std::istringstream in(all[0]);
-  StateDict out;
-  std::string key;
-  while (std::getline(in, key)) {
-    std::string line;
-    std::getline(in, line);
-    std::istringstream fields(line);
-    int dtype = 0;
-    int ndim = 0;
-    fields >> dtype >> ndim;
-    std::vector<std::int64_t> shape(static_cast<std::size_t>(ndim));
-    for (auto& s : shape) fields >> s;
-    at::Tensor t = world.rank() == 0 ? sd.at(key).as<at::Tensor>().cpu().contiguous().clone()
-                                     : at::empty(shape, at::TensorOptions().dtype(
-                                                            static_cast<at::ScalarType>(dtype)));
-    if (t.numel() > 0) {
-      std::vector<at::Tensor> bytes{detail::as_bytes(t)};
-      world.process_group()->broadcast(bytes)->wait();
-    }
-    out.insert(key, t);
-  }
-  return out;
-}
-
 }  // namespace
 
 std::string fqn_of(const torch::nn::Module& module, const std::string& path) {
@@ -224,7 +179,7 @@ StateDict get_model_state_dict(const torch::nn::Module& module, const StateDictO
 
 LoadResult set_model_state_dict(torch::nn::Module& module, const StateDict& state_dict,
                                 const StateDictOptions& options, const ParamLayouts& layouts) {
-  StateDict sd = options.broadcast_from_rank0 ? broadcast_from_rank0(state_dict) : state_dict;
+  StateDict sd = options.broadcast_from_rank0 ? broadcast_state_dict(state_dict) : state_dict;
   run_load_hooks(module, "", sd);
 
   std::vector<Slot> all;
