@@ -10,10 +10,13 @@ at::Tensor as_bytes(const at::Tensor& t) {
   return t.contiguous().reshape({-1}).view(at::kByte);
 }
 
-at::Tensor from_bytes(const at::Tensor& bytes, at::ScalarType dtype, at::IntArrayRef shape) {
+at::Tensor from_bytes(const at::Tensor& raw, at::ScalarType dtype, at::IntArrayRef shape) {
+  // A byte view can be reinterpreted in place only at an offset aligned to the element size.
+  const auto element = static_cast<std::int64_t>(c10::elementSize(dtype));
+  const at::Tensor bytes =
+      raw.is_contiguous() && raw.storage_offset() % element == 0 ? raw : raw.clone();
   std::int64_t numel = 1;
   for (auto s : shape) numel *= s;
-  const auto element = static_cast<std::int64_t>(c10::elementSize(dtype));
   if (bytes.numel() != numel * element) {
     throw Error("from_bytes: " + std::to_string(bytes.numel()) + " bytes cannot hold " +
                 std::to_string(numel) + " elements of " + c10::toString(dtype));
@@ -28,7 +31,10 @@ std::int64_t padded_length(const std::vector<std::int64_t>& sizes) {
   return std::max<std::int64_t>(1, *std::max_element(sizes.begin(), sizes.end()));
 }
 
+// `bytes` extended to `length` (no copy when it already has that length: callers may pass a
+// buffer of the padded length whose tail is never read).
 at::Tensor padded(const at::Tensor& bytes, std::int64_t length) {
+  if (bytes.numel() == length && bytes.is_contiguous()) return bytes;
   at::Tensor out = at::zeros({length}, bytes.options());
   if (bytes.numel() > 0) out.narrow(0, 0, bytes.numel()).copy_(bytes);
   return out;
@@ -73,15 +79,24 @@ std::vector<at::Tensor> all_gather_bytes(const ProcessGroupPtr& pg, const at::Te
                 std::to_string(n));
   }
   const std::int64_t longest = padded_length(*sizes);
-  std::vector<at::Tensor> in{padded(bytes, longest)};
-  std::vector<std::vector<at::Tensor>> out(1);
-  for (int r = 0; r < n; ++r) out[0].push_back(at::empty({longest}, bytes.options()));
-  pg->allgather(out, in)->wait();
+  const at::Tensor all = all_gather_padded(pg, padded(bytes, longest));
   std::vector<at::Tensor> result;
   for (int r = 0; r < n; ++r) {
-    result.push_back(out[0][static_cast<std::size_t>(r)].narrow(0, 0, (*sizes)[static_cast<std::size_t>(r)]));
+    result.push_back(all.narrow(0, r * longest, (*sizes)[static_cast<std::size_t>(r)]));
   }
   return result;
+}
+
+at::Tensor all_gather_padded(const ProcessGroupPtr& pg, const at::Tensor& bytes) {
+  const int n = pg->getSize();
+  const std::int64_t longest = bytes.numel();
+  // The outputs are views of one buffer: rank r's bytes land at r * longest.
+  at::Tensor all = at::empty({n * longest}, bytes.options());
+  std::vector<at::Tensor> in{bytes};
+  std::vector<std::vector<at::Tensor>> out(1);
+  for (int r = 0; r < n; ++r) out[0].push_back(all.narrow(0, r * longest, longest));
+  pg->allgather(out, in)->wait();
+  return all;
 }
 
 }  // namespace c10dtest::detail

@@ -137,7 +137,9 @@ at::Tensor assemble(const DTensor& t, const std::vector<at::Tensor>& pieces) {
   const auto& mesh = *t.mesh();
   const auto& placements = t.placements();
   const bool partial = has_partial(placements);
-  at::Tensor full = at::zeros(t.global_shape(), t.local().options());
+  // Shard and Replicate pieces cover every element once; only sums need a zeroed start.
+  at::Tensor full = partial ? at::zeros(t.global_shape(), t.local().options())
+                            : at::empty(t.global_shape(), t.local().options());
   for (std::size_t i = 0; i < mesh.ranks().size(); ++i) {
     const auto coord = mesh.coordinate_of(mesh.ranks()[i]);
     // A replica is counted once: only coordinate 0 along Replicate dims contributes.

@@ -258,7 +258,7 @@ at::Tensor assemble(const ShardedTensor& t, const std::vector<at::Tensor>& piece
   for (const auto& m : meta.shards) {
     const std::int64_t n = volume(m.sizes) * element;
     const auto r = static_cast<std::size_t>(m.rank);
-    at::Tensor piece = from_bytes(pieces[r].narrow(0, cursor[r], n).clone(), meta.dtype, m.sizes);
+    at::Tensor piece = from_bytes(pieces[r].narrow(0, cursor[r], n), meta.dtype, m.sizes);
     cursor[r] += n;
     at::Tensor target = full;
     for (std::size_t d = 0; d < m.sizes.size(); ++d) {

@@ -46,7 +46,19 @@ struct GroupBatch {
   ProcessGroupPtr group;
   std::vector<Leaf> leaves;
   std::uint64_t layout_hash = 1469598103934665603ULL;
+  bool solo = false;
 };
+
+constexpr std::int64_t kSoloBytes = 1 << 20;
+
+// Whether the group's pieces, back to back in group-rank order, are the full tensor: a 1-D mesh
+// with Shard(0) and equal pieces.
+bool concatenation_is_full(const GroupBatch& b, const std::vector<std::int64_t>& sizes) {
+  if (b.leaves.size() != 1 || !b.leaves[0].value->is<DTensor>()) return false;
+  const auto& d = b.leaves[0].value->as<DTensor>();
+  return d.mesh()->ndim() == 1 && d.placements()[0] == Placement(Shard{0}) &&
+         std::all_of(sizes.begin(), sizes.end(), [&](std::int64_t s) { return s == sizes[0]; });
+}
 
 ProcessGroupPtr group_of_leaf(const StateValue& v) {
   return v.is<DTensor>() ? detail::group_of(v.as<DTensor>())
@@ -104,10 +116,23 @@ StateDict gather_state_dict(const StateDict& state_dict, const GatherOptions& op
   for (const auto& leaf : all) {
     if (!leaf.value->is<DTensor>() && !leaf.value->is<ShardedTensor>()) continue;
     const ProcessGroupPtr g = group_of_leaf(*leaf.value);
-    auto it = std::find_if(batches.begin(), batches.end(),
-                           [&](const GroupBatch& b) { return b.group.get() == g.get(); });
+    // Small values share a collective per group; a large one travels alone, which lets a dim-0
+    // sharded tensor land in its final place without a copy. Every rank decides alike: the size
+    // is the largest piece of any rank.
+    std::int64_t largest = 0;
+    for (int r = 0; r < g->getSize(); ++r) {
+      largest = std::max(largest, for_leaf(*leaf.value,
+                                           [r](const auto& t) { return detail::piece_bytes(t, r); }));
+    }
+    if (largest >= kSoloBytes) {
+      batches.push_back({g, {leaf}, fnv1a(layout_text(leaf)), true});
+      continue;
+    }
+    auto it = std::find_if(batches.begin(), batches.end(), [&](const GroupBatch& b) {
+      return b.group.get() == g.get() && !b.solo;
+    });
     if (it == batches.end()) {
-      batches.push_back({g, {}, 1469598103934665603ULL});
+      batches.push_back({g, {}, 1469598103934665603ULL, false});
       it = batches.end() - 1;
     }
     it->leaves.push_back(leaf);
@@ -120,11 +145,6 @@ StateDict gather_state_dict(const StateDict& state_dict, const GatherOptions& op
                      options.ranks_only->end();
   for (auto& batch : batches) {
     const int n = batch.group->getSize();
-    std::vector<at::Tensor> parts;
-    for (const auto& leaf : batch.leaves) {
-      parts.push_back(for_leaf(*leaf.value, [](const auto& t) { return detail::my_piece(t); }));
-    }
-    const at::Tensor mine = at::cat(parts);
     std::vector<std::int64_t> sizes(static_cast<std::size_t>(n), 0);
     for (int r = 0; r < n; ++r) {
       for (const auto& leaf : batch.leaves) {
@@ -132,8 +152,25 @@ StateDict gather_state_dict(const StateDict& state_dict, const GatherOptions& op
             for_leaf(*leaf.value, [r](const auto& t) { return detail::piece_bytes(t, r); });
       }
     }
-    const auto preambles = exchange_preambles(
-        batch.group, {batch.layout_hash, *std::max_element(sizes.begin(), sizes.end()), me});
+    const std::int64_t longest =
+        std::max<std::int64_t>(1, *std::max_element(sizes.begin(), sizes.end()));
+    // This rank's pieces, copied once into a buffer of the padded length (not at all when one
+    // piece already has that length).
+    at::Tensor mine;
+    if (batch.leaves.size() == 1) {
+      mine = for_leaf(*batch.leaves[0].value, [](const auto& t) { return detail::my_piece(t); });
+    }
+    if (!mine.defined() || mine.numel() != longest) {
+      mine = at::empty({longest}, at::kByte);
+      std::int64_t at_byte = 0;
+      for (const auto& leaf : batch.leaves) {
+        const at::Tensor piece =
+            for_leaf(*leaf.value, [](const auto& t) { return detail::my_piece(t); });
+        if (piece.numel() > 0) mine.narrow(0, at_byte, piece.numel()).copy_(piece);
+        at_byte += piece.numel();
+      }
+    }
+    const auto preambles = exchange_preambles(batch.group, {batch.layout_hash, longest, me});
     for (int r = 0; r < n; ++r) {
       const Preamble& p = preambles[static_cast<std::size_t>(r)];
       if (p.layout_hash != batch.layout_hash || p.longest != preambles[0].longest) {
@@ -144,6 +181,14 @@ StateDict gather_state_dict(const StateDict& state_dict, const GatherOptions& op
       }
     }
     std::vector<at::Tensor> pieces;
+    if (!options.ranks_only && concatenation_is_full(batch, sizes)) {
+      const auto& d = batch.leaves[0].value->as<DTensor>();
+      const at::Tensor full =
+          detail::from_bytes(detail::all_gather_padded(batch.group, mine), d.dtype(),
+                             d.global_shape());
+      *batch.leaves[0].value = options.cpu_offload ? full.cpu() : full;
+      continue;
+    }
     if (!options.ranks_only) {
       pieces = detail::all_gather_bytes(batch.group, mine, sizes);
     } else {
@@ -162,8 +207,8 @@ StateDict gather_state_dict(const StateDict& state_dict, const GatherOptions& op
       for (int r = 0; r < n; ++r) {
         const std::int64_t len =
             for_leaf(*leaf.value, [r](const auto& t) { return detail::piece_bytes(t, r); });
-        mine_pieces.push_back(pieces[static_cast<std::size_t>(r)].narrow(
-            0, cursor[static_cast<std::size_t>(r)], len).clone());
+        mine_pieces.push_back(
+            pieces[static_cast<std::size_t>(r)].narrow(0, cursor[static_cast<std::size_t>(r)], len));
         cursor[static_cast<std::size_t>(r)] += len;
       }
       at::Tensor full =

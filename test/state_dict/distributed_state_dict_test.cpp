@@ -83,6 +83,32 @@ TEST_F(GatherStateDict, EverySharedLayoutGathersExactly) {
   expect_same(StateValue(full), StateValue(gathered), "");
 }
 
+TEST_F(GatherStateDict, LargeValuesTravelAloneAndStayExact) {
+  // Pieces of 1 MiB and more take their own collective; an even dim-0 split lands in place.
+  auto mesh = DeviceMesh::create({world_size()});
+  StateDict full;
+  StateDict sharded;
+  const std::vector<std::pair<std::vector<std::int64_t>, Placement>> cases{
+      {{1024 * world_size(), 256}, c10dtest::Shard{0}},   // even: gathered in place
+      {{1024 * world_size() - 1, 256}, c10dtest::Shard{0}},  // uneven
+      {{256, 1024 * world_size()}, c10dtest::Shard{1}}};  // not a dim-0 concatenation
+  for (std::size_t i = 0; i < cases.size(); ++i) {
+    const at::Tensor t = at::randn(cases[i].first);
+    full.insert("big" + std::to_string(i), t);
+    sharded.insert("big" + std::to_string(i),
+                   c10dtest::distribute_tensor(t, mesh, {cases[i].second}));
+    full.insert("small" + std::to_string(i), at::full({2}, static_cast<double>(i)));
+    sharded.insert("small" + std::to_string(i),
+                   c10dtest::distribute_tensor(at::full({2}, static_cast<double>(i)), mesh,
+                                               {c10dtest::Shard{0}}));
+  }
+  expect_same(StateValue(full), StateValue(c10dtest::gather_state_dict(sharded)), "");
+  c10dtest::GatherOptions to_zero;
+  to_zero.ranks_only = std::vector<int>{0};
+  const StateDict at_zero = c10dtest::gather_state_dict(sharded, to_zero);
+  if (rank() == 0) expect_same(StateValue(full), StateValue(at_zero), "");
+}
+
 TEST_F(GatherStateDict, RanksOnlyReceiveTheRestHoldNothing) {
   StateDict full;
   StateDict sharded;
