@@ -46,6 +46,11 @@ class DeviceMesh {
   // A group over every rank of the mesh (group rank = position in ranks()).
   ProcessGroupPtr all_group() const { return all_group_; }
 
+  // The 1-D mesh along `dim` that holds this rank (PyTorch's mesh["dp"]): its ranks are those
+  // sharing this rank's other coordinates, and it reuses this mesh's group for `dim` (no
+  // communication). ConfigError when this rank is not in the mesh.
+  std::shared_ptr<const DeviceMesh> sub_mesh(int dim) const;
+
   // "DeviceMesh([2, 2], ranks=[0, 1, 2, 3])".
   std::string describe() const;
 

@@ -126,6 +126,25 @@ ProcessGroupPtr DeviceMesh::group(int dim) const {
   return dim_groups_[static_cast<std::size_t>(dim)];
 }
 
+std::shared_ptr<const DeviceMesh> DeviceMesh::sub_mesh(int dim) const {
+  size(dim);  // validates
+  const auto mine = my_coordinate();
+  if (!mine) {
+    throw ConfigError("sub_mesh: rank " + std::to_string(my_rank_) + " is not in " + describe());
+  }
+  std::shared_ptr<DeviceMesh> sub(new DeviceMesh());
+  sub->shape_ = {shape_[static_cast<std::size_t>(dim)]};
+  auto coord = *mine;
+  for (std::int64_t i = 0; i < shape_[static_cast<std::size_t>(dim)]; ++i) {
+    coord[static_cast<std::size_t>(dim)] = i;
+    sub->ranks_.push_back(rank_at(coord));
+  }
+  sub->dim_groups_ = {dim_groups_[static_cast<std::size_t>(dim)]};
+  sub->all_group_ = dim_groups_[static_cast<std::size_t>(dim)];
+  sub->my_rank_ = my_rank_;
+  return sub;
+}
+
 std::string DeviceMesh::describe() const {
   std::ostringstream os;
   os << "DeviceMesh([";

@@ -79,6 +79,19 @@ TEST_F(Mesh, TwoByHalfForHsdp) {
   EXPECT_EQ(across[0].item<std::int64_t>(), rank() < 2 ? 0 + 1 : 2 + 3);
 }
 
+TEST_F(Mesh, SubMeshesReuseTheDimensionGroups) {
+  C10DTEST_REQUIRE_EXACT_WORLD_SIZE(4);
+  auto mesh = DeviceMesh::create({2, 2});
+  auto row = mesh->sub_mesh(1);  // the ranks of my row
+  EXPECT_EQ(row->ranks(), (std::vector<int>{rank() / 2 * 2, rank() / 2 * 2 + 1}));
+  EXPECT_EQ(row->group(0).get(), mesh->group(1).get());
+  // A DTensor over the sub-mesh: sharded within the row, the rows hold the same tensor.
+  const at::Tensor full = at::arange(6, at::kLong);
+  const auto d = c10dtest::distribute_tensor(full, row, {Shard{0}});
+  EXPECT_TRUE(at::equal(d.local(), full.narrow(0, 3 * (rank() % 2), 3)));
+  EXPECT_TRUE(at::equal(d.full_tensor(), full));
+}
+
 TEST_F(Mesh, WrongSizesAreNamed) {
   try {
     DeviceMesh::create({world_size() + 1});

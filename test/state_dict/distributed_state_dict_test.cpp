@@ -24,7 +24,8 @@ class GatherStateDict : public c10dtest::DistributedTest {
         {"replicated", {c10dtest::Replicate{}}},
         {"partial", {c10dtest::Partial{}}}};
     int i = 0;
-    for (auto dtype : {at::kFloat, at::kDouble, at::kBFloat16, at::kLong}) {
+    for (auto dtype : {at::kFloat, at::kDouble, at::kBFloat16, at::kHalf, at::kLong, at::kBool,
+                       at::kComplexFloat}) {
       for (const auto& [name, placements] : layouts) {
         const std::string key = "m" + std::to_string(i++) + "." + name;
         const at::Tensor t = (at::randn({7, 3}) * 10).to(dtype);
