@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "c10dtest/error.hpp"
+#include "common/text.hpp"
 #include "c10dtest/world.hpp"
 
 namespace c10dtest {
@@ -20,25 +21,21 @@ std::shared_ptr<const DeviceMesh> DeviceMesh::create(std::vector<std::int64_t> s
 std::shared_ptr<const DeviceMesh> DeviceMesh::create(std::vector<std::int64_t> shape,
                                                      std::vector<int> ranks) {
   World& world = World::instance();
-  std::ostringstream shape_text;
-  shape_text << '[';
   std::int64_t n = 1;
   for (std::size_t i = 0; i < shape.size(); ++i) {
-    shape_text << (i ? ", " : "") << shape[i];
     if (shape[i] < 1) {
       throw ConfigError("DeviceMesh: dimension " + std::to_string(i) + " has size " +
                         std::to_string(shape[i]) + "; every size must be at least 1");
     }
     n *= shape[i];
   }
-  shape_text << ']';
   if (shape.empty()) throw ConfigError("DeviceMesh: the shape is empty");
   if (n != static_cast<std::int64_t>(ranks.size())) {
-    throw ConfigError("DeviceMesh: shape " + shape_text.str() + " holds " + std::to_string(n) +
+    throw ConfigError("DeviceMesh: shape " + detail::shape_text(shape) + " holds " + std::to_string(n) +
                       " ranks but " + std::to_string(ranks.size()) + " were given");
   }
   if (n > world.world_size()) {
-    throw ConfigError("DeviceMesh: shape " + shape_text.str() + " needs " + std::to_string(n) +
+    throw ConfigError("DeviceMesh: shape " + detail::shape_text(shape) + " needs " + std::to_string(n) +
                       " ranks, the world has " + std::to_string(world.world_size()));
   }
   std::set<int> seen;
@@ -147,9 +144,7 @@ std::shared_ptr<const DeviceMesh> DeviceMesh::sub_mesh(int dim) const {
 
 std::string DeviceMesh::describe() const {
   std::ostringstream os;
-  os << "DeviceMesh([";
-  for (std::size_t i = 0; i < shape_.size(); ++i) os << (i ? ", " : "") << shape_[i];
-  os << "], ranks=[";
+  os << "DeviceMesh(" << detail::shape_text(shape_) << ", ranks=[";
   for (std::size_t i = 0; i < ranks_.size(); ++i) os << (i ? ", " : "") << ranks_[i];
   os << "])";
   return os.str();

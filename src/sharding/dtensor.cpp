@@ -4,20 +4,13 @@
 
 #include "assemble.hpp"
 #include "bytes.hpp"
+#include "common/text.hpp"
 #include "c10dtest/error.hpp"
 #include "c10dtest/world.hpp"
 
 namespace c10dtest {
 
 namespace {
-
-std::string shape_text(const std::vector<std::int64_t>& s) {
-  std::ostringstream os;
-  os << '[';
-  for (std::size_t i = 0; i < s.size(); ++i) os << (i ? ", " : "") << s[i];
-  os << ']';
-  return os.str();
-}
 
 void check_placements(const std::vector<Placement>& placements, const DeviceMesh& mesh,
                       const std::vector<std::int64_t>& global_shape) {
@@ -30,7 +23,7 @@ void check_placements(const std::vector<Placement>& placements, const DeviceMesh
     if (const auto* s = std::get_if<Shard>(&p)) {
       if (s->dim < 0 || s->dim >= static_cast<std::int64_t>(global_shape.size())) {
         throw ConfigError("DTensor: " + to_string(p) + " is outside a tensor of shape " +
-                          shape_text(global_shape));
+                          detail::shape_text(global_shape));
       }
     }
   }
@@ -90,9 +83,9 @@ DTensor::DTensor(at::Tensor local, std::shared_ptr<const DeviceMesh> mesh,
   const auto expected = local_shape_of(me);
   if (!local_.defined() || local_.sizes().vec() != expected) {
     throw ConfigError("DTensor: rank " + std::to_string(me) + " holds a local tensor of shape " +
-                      (local_.defined() ? shape_text(local_.sizes().vec()) : "<undefined>") +
+                      (local_.defined() ? detail::shape_text(local_.sizes().vec()) : "<undefined>") +
                       " but " + to_string(placements_) + " of global shape " +
-                      shape_text(global_shape_) + " gives it " + shape_text(expected));
+                      detail::shape_text(global_shape_) + " gives it " + detail::shape_text(expected));
   }
 }
 
@@ -189,7 +182,7 @@ DTensor DTensor::redistribute_to_replicate() const {
 
 std::string DTensor::describe() const {
   std::ostringstream os;
-  os << "DTensor(shape=" << shape_text(global_shape_) << ", dtype=" << c10::toString(dtype())
+  os << "DTensor(shape=" << detail::shape_text(global_shape_) << ", dtype=" << c10::toString(dtype())
      << ", placements=" << to_string(placements_) << ", mesh=" << mesh_->describe() << ")";
   return os.str();
 }

@@ -6,22 +6,15 @@
 
 #include "assemble.hpp"
 #include "bytes.hpp"
+#include "common/text.hpp"
 
 namespace c10dtest {
 
 namespace {
 
-std::string vec_text(const std::vector<std::int64_t>& v) {
-  std::ostringstream os;
-  os << '[';
-  for (std::size_t i = 0; i < v.size(); ++i) os << (i ? ", " : "") << v[i];
-  os << ']';
-  return os.str();
-}
-
 std::string shard_text(const ShardMetadata& m, std::size_t index) {
   return "shard " + std::to_string(index) + " (rank " + std::to_string(m.rank) + ", offsets " +
-         vec_text(m.offsets) + ", sizes " + vec_text(m.sizes) + ")";
+         detail::shape_text(m.offsets) + ", sizes " + detail::shape_text(m.sizes) + ")";
 }
 
 std::int64_t volume(const std::vector<std::int64_t>& sizes) {
@@ -69,7 +62,7 @@ void validate_tiling(const ShardedTensorMetadata& meta, int group_size) {
     for (std::size_t d = 0; d < ndim; ++d) {
       if (m.offsets[d] < 0 || m.sizes[d] < 0 || m.offsets[d] + m.sizes[d] > meta.global_shape[d]) {
         throw ShardingError(shard_text(m, i) + " is out of bounds in dim " + std::to_string(d) +
-                            " of global shape " + vec_text(meta.global_shape));
+                            " of global shape " + detail::shape_text(meta.global_shape));
       }
     }
   }
@@ -116,8 +109,8 @@ void validate_tiling(const ShardedTensorMetadata& meta, int group_size) {
     if (real_cell && !hit) {
       throw ShardingError("the shards cover " + std::to_string(covered) + " of " +
                           std::to_string(total) + " elements of global shape " +
-                          vec_text(meta.global_shape) + "; the first gap is at index " +
-                          vec_text(point));
+                          detail::shape_text(meta.global_shape) + "; the first gap is at index " +
+                          detail::shape_text(point));
     }
     int d = static_cast<int>(ndim) - 1;
     while (d >= 0 && ++cell[static_cast<std::size_t>(d)] == cuts[static_cast<std::size_t>(d)].size()) {
@@ -128,7 +121,7 @@ void validate_tiling(const ShardedTensorMetadata& meta, int group_size) {
   }
   throw ShardingError("the shards cover " + std::to_string(covered) + " of " +
                       std::to_string(total) + " elements of global shape " +
-                      vec_text(meta.global_shape));
+                      detail::shape_text(meta.global_shape));
 }
 
 ShardedTensor ShardedTensor::from_local_shards(std::vector<LocalShard> local_shards,
@@ -143,7 +136,7 @@ ShardedTensor ShardedTensor::from_local_shards(std::vector<LocalShard> local_sha
     if (!s.tensor.defined() || s.tensor.sizes().vec() != s.metadata.sizes) {
       throw ShardingError("rank " + std::to_string(me) + ": local " + shard_text(s.metadata, i) +
                           " holds a tensor of shape " +
-                          (s.tensor.defined() ? vec_text(s.tensor.sizes().vec()) : "<undefined>"));
+                          (s.tensor.defined() ? detail::shape_text(s.tensor.sizes().vec()) : "<undefined>"));
     }
     if (have_dtype && s.tensor.scalar_type() != dtype) {
       throw ShardingError("rank " + std::to_string(me) + ": local shards mix " +
@@ -214,7 +207,7 @@ ShardedTensor ShardedTensor::from_metadata(std::vector<LocalShard> local_shards,
     if (!s.tensor.defined() || s.tensor.sizes().vec() != s.metadata.sizes) {
       throw ShardingError("rank " + std::to_string(me) + ": local " + shard_text(s.metadata, i) +
                           " holds a tensor of shape " +
-                          (s.tensor.defined() ? vec_text(s.tensor.sizes().vec()) : "<undefined>"));
+                          (s.tensor.defined() ? detail::shape_text(s.tensor.sizes().vec()) : "<undefined>"));
     }
   }
   return st;
@@ -280,7 +273,7 @@ at::Tensor ShardedTensor::full_tensor() const {
 
 std::string ShardedTensor::describe() const {
   std::ostringstream os;
-  os << "ShardedTensor(shape=" << vec_text(meta_.global_shape)
+  os << "ShardedTensor(shape=" << detail::shape_text(meta_.global_shape)
      << ", dtype=" << c10::toString(meta_.dtype) << ", " << meta_.shards.size() << " shards)";
   return os.str();
 }

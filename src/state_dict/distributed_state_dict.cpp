@@ -7,6 +7,7 @@
 #include "../sharding/assemble.hpp"
 #include "../sharding/bytes.hpp"
 #include "common/fields.hpp"
+#include "offload.hpp"
 #include "c10dtest/world.hpp"
 
 namespace c10dtest {
@@ -107,6 +108,23 @@ std::vector<Preamble> exchange_preambles(const ProcessGroupPtr& group, const Pre
 }
 
 }  // namespace
+
+namespace detail {
+
+void offload_to_cpu(StateValue& value) {
+  std::vector<Leaf> all;
+  leaves(value, "", &all);
+  for (const auto& leaf : all) {
+    StateValue& v = *leaf.value;
+    if (v.is<at::Tensor>()) v = v.as<at::Tensor>().cpu();
+    if (v.is<DTensor>()) {
+      const auto& d = v.as<DTensor>();
+      v = DTensor(d.local().cpu(), d.mesh(), d.placements(), d.global_shape());
+    }
+  }
+}
+
+}  // namespace detail
 
 StateDict gather_state_dict(const StateDict& state_dict, const GatherOptions& options) {
   StateValue root(state_dict);
@@ -217,11 +235,7 @@ StateDict gather_state_dict(const StateDict& state_dict, const GatherOptions& op
     }
   }
   if (!receive) return StateDict();
-  if (options.cpu_offload) {
-    for (const auto& leaf : all) {
-      if (leaf.value->is<at::Tensor>()) *leaf.value = leaf.value->as<at::Tensor>().cpu();
-    }
-  }
+  if (options.cpu_offload) detail::offload_to_cpu(root);
   return std::move(root.as<StateDict>());
 }
 

@@ -1,3 +1,4 @@
+#include "common/text.hpp"
 #include "c10dtest/model_state_dict.hpp"
 
 #include <torch/csrc/autograd/grad_mode.h>
@@ -5,6 +6,7 @@
 #include <sstream>
 
 #include "c10dtest/distributed_state_dict.hpp"
+#include "offload.hpp"
 #include "c10dtest/world.hpp"
 
 namespace c10dtest {
@@ -30,13 +32,6 @@ std::vector<std::string> split(const std::string& s) {
   return out;
 }
 
-std::string shape_text(at::IntArrayRef s) {
-  std::ostringstream os;
-  os << '[';
-  for (std::size_t i = 0; i < s.size(); ++i) os << (i ? ", " : "") << s[i];
-  os << ']';
-  return os.str();
-}
 
 const torch::nn::Module* child_of(const torch::nn::Module& m, const std::string& name) {
   const auto children = m.named_children();
@@ -165,14 +160,9 @@ StateDict get_model_state_dict(const torch::nn::Module& module, const StateDictO
     if (options.full_state_dict && World::initialized() && World::instance().rank() != 0) {
       return StateDict();
     }
-    for (std::size_t i = 0; i < sd.size(); ++i) {
-      StateValue& v = sd.value(i);
-      if (v.is<at::Tensor>()) v = v.as<at::Tensor>().cpu();
-      if (v.is<DTensor>()) {
-        const auto& d = v.as<DTensor>();
-        v = DTensor(d.local().cpu(), d.mesh(), d.placements(), d.global_shape());
-      }
-    }
+    StateValue tree(std::move(sd));
+    detail::offload_to_cpu(tree);
+    sd = std::move(tree.as<StateDict>());
   }
   return sd;
 }
@@ -244,18 +234,18 @@ LoadResult set_model_state_dict(torch::nn::Module& module, const StateDict& stat
       if (layout != layouts.end()) {
         if (src.sizes().vec() != layout->second.global_shape) {
           throw StateDictError("size mismatch for " + key + ": copying a param with shape " +
-                               shape_text(src.sizes()) +
+                               detail::shape_text(src.sizes()) +
                                " from checkpoint, the shape in current model is " +
-                               shape_text(layout->second.global_shape) + " (sharded)");
+                               detail::shape_text(layout->second.global_shape) + " (sharded)");
         }
         src = piece_of(src, layout->second);
       }
     }
     if (src.sizes() != s.tensor.sizes()) {
       throw StateDictError("size mismatch for " + key + ": copying a param with shape " +
-                           shape_text(src.sizes()) +
+                           detail::shape_text(src.sizes()) +
                            " from checkpoint, the shape in current model is " +
-                           shape_text(s.tensor.sizes()));
+                           detail::shape_text(s.tensor.sizes()));
     }
     if (src.scalar_type() != s.tensor.scalar_type()) {
       throw StateDictError("dtype mismatch for " + key + ": the checkpoint holds " +

@@ -13,6 +13,7 @@
 
 #include "c10dtest/distributed_state_dict.hpp"
 #include "c10dtest/world.hpp"
+#include "offload.hpp"
 
 namespace c10dtest {
 
@@ -88,20 +89,28 @@ std::tuple<double, double> betas(const StateDict& d, const std::string& where) {
   return {number(pair, "0", where + " betas"), number(pair, "1", where + " betas")};
 }
 
+// Adam and AdamW share their hyperparameters and state fields.
+template <typename Options>
+void adam_options_into(const Options& a, StateDict& d) {
+  d.insert("lr", a.lr());
+  d.insert("betas", StateList{std::get<0>(a.betas()), std::get<1>(a.betas())});
+  d.insert("eps", a.eps());
+  d.insert("weight_decay", a.weight_decay());
+  d.insert("amsgrad", a.amsgrad());
+}
+
+template <typename Options>
+void apply_adam_options(const StateDict& d, Options& a, const std::string& where) {
+  a.lr(number(d, "lr", where)).betas(betas(d, where)).eps(number(d, "eps", where));
+  a.weight_decay(number(d, "weight_decay", where)).amsgrad(flag(d, "amsgrad", where));
+}
+
 StateDict options_dict(const optim::OptimizerOptions& o) {
   StateDict d;
   if (const auto* a = dynamic_cast<const optim::AdamOptions*>(&o)) {
-    d.insert("lr", a->lr());
-    d.insert("betas", StateList{std::get<0>(a->betas()), std::get<1>(a->betas())});
-    d.insert("eps", a->eps());
-    d.insert("weight_decay", a->weight_decay());
-    d.insert("amsgrad", a->amsgrad());
+    adam_options_into(*a, d);
   } else if (const auto* w = dynamic_cast<const optim::AdamWOptions*>(&o)) {
-    d.insert("lr", w->lr());
-    d.insert("betas", StateList{std::get<0>(w->betas()), std::get<1>(w->betas())});
-    d.insert("eps", w->eps());
-    d.insert("weight_decay", w->weight_decay());
-    d.insert("amsgrad", w->amsgrad());
+    adam_options_into(*w, d);
   } else if (const auto* s = dynamic_cast<const optim::SGDOptions*>(&o)) {
     d.insert("lr", s->lr());
     d.insert("momentum", s->momentum());
@@ -129,11 +138,9 @@ StateDict options_dict(const optim::OptimizerOptions& o) {
 
 void apply_options(const StateDict& d, optim::OptimizerOptions& o, const std::string& where) {
   if (auto* a = dynamic_cast<optim::AdamOptions*>(&o)) {
-    a->lr(number(d, "lr", where)).betas(betas(d, where)).eps(number(d, "eps", where));
-    a->weight_decay(number(d, "weight_decay", where)).amsgrad(flag(d, "amsgrad", where));
+    apply_adam_options(d, *a, where);
   } else if (auto* w = dynamic_cast<optim::AdamWOptions*>(&o)) {
-    w->lr(number(d, "lr", where)).betas(betas(d, where)).eps(number(d, "eps", where));
-    w->weight_decay(number(d, "weight_decay", where)).amsgrad(flag(d, "amsgrad", where));
+    apply_adam_options(d, *w, where);
   } else if (auto* s = dynamic_cast<optim::SGDOptions*>(&o)) {
     s->lr(number(d, "lr", where)).momentum(number(d, "momentum", where));
     s->dampening(number(d, "dampening", where)).weight_decay(number(d, "weight_decay", where));
@@ -158,18 +165,20 @@ void put(StateDict& d, const char* key, const at::Tensor& t, const Wrap& wrap) {
   if (t.defined()) d.insert(key, wrap(t));
 }
 
+template <typename State>
+void adam_state_into(const State& a, StateDict& d, const Wrap& wrap) {
+  d.insert("step", a.step());
+  put(d, "exp_avg", a.exp_avg(), wrap);
+  put(d, "exp_avg_sq", a.exp_avg_sq(), wrap);
+  put(d, "max_exp_avg_sq", a.max_exp_avg_sq(), wrap);
+}
+
 StateDict state_dict_of(const optim::OptimizerParamState& s, const Wrap& wrap) {
   StateDict d;
   if (const auto* a = dynamic_cast<const optim::AdamParamState*>(&s)) {
-    d.insert("step", a->step());
-    put(d, "exp_avg", a->exp_avg(), wrap);
-    put(d, "exp_avg_sq", a->exp_avg_sq(), wrap);
-    put(d, "max_exp_avg_sq", a->max_exp_avg_sq(), wrap);
+    adam_state_into(*a, d, wrap);
   } else if (const auto* w = dynamic_cast<const optim::AdamWParamState*>(&s)) {
-    d.insert("step", w->step());
-    put(d, "exp_avg", w->exp_avg(), wrap);
-    put(d, "exp_avg_sq", w->exp_avg_sq(), wrap);
-    put(d, "max_exp_avg_sq", w->max_exp_avg_sq(), wrap);
+    adam_state_into(*w, d, wrap);
   } else if (const auto* m = dynamic_cast<const optim::SGDParamState*>(&s)) {
     put(d, "momentum_buffer", m->momentum_buffer(), wrap);
   } else if (const auto* g = dynamic_cast<const optim::AdagradParamState*>(&s)) {
@@ -205,24 +214,26 @@ std::int64_t step(const StateDict& d, const std::string& where) {
   throw StateDictError(where + ": 'step' is a " + v.type_name() + ", not an integer");
 }
 
+template <typename State>
+std::unique_ptr<optim::OptimizerParamState> make_adam_state(const StateDict& d,
+                                                            const Unwrap& unwrap,
+                                                            const std::string& where) {
+  auto s = std::make_unique<State>();
+  s->step(step(d, where));
+  s->exp_avg(tensor(d, "exp_avg", unwrap, true, where));
+  s->exp_avg_sq(tensor(d, "exp_avg_sq", unwrap, true, where));
+  s->max_exp_avg_sq(tensor(d, "max_exp_avg_sq", unwrap, false, where));
+  return s;
+}
+
 std::unique_ptr<optim::OptimizerParamState> make_state(const optim::OptimizerOptions& o,
                                                        const StateDict& d, const Unwrap& unwrap,
                                                        const std::string& where) {
   if (dynamic_cast<const optim::AdamOptions*>(&o) != nullptr) {
-    auto s = std::make_unique<optim::AdamParamState>();
-    s->step(step(d, where));
-    s->exp_avg(tensor(d, "exp_avg", unwrap, true, where));
-    s->exp_avg_sq(tensor(d, "exp_avg_sq", unwrap, true, where));
-    s->max_exp_avg_sq(tensor(d, "max_exp_avg_sq", unwrap, false, where));
-    return s;
+    return make_adam_state<optim::AdamParamState>(d, unwrap, where);
   }
   if (dynamic_cast<const optim::AdamWOptions*>(&o) != nullptr) {
-    auto s = std::make_unique<optim::AdamWParamState>();
-    s->step(step(d, where));
-    s->exp_avg(tensor(d, "exp_avg", unwrap, true, where));
-    s->exp_avg_sq(tensor(d, "exp_avg_sq", unwrap, true, where));
-    s->max_exp_avg_sq(tensor(d, "max_exp_avg_sq", unwrap, false, where));
-    return s;
+    return make_adam_state<optim::AdamWParamState>(d, unwrap, where);
   }
   if (dynamic_cast<const optim::SGDOptions*>(&o) != nullptr) {
     auto s = std::make_unique<optim::SGDParamState>();
@@ -298,18 +309,9 @@ StateDict get_optimizer_state_dict(const torch::nn::Module& model,
     return gather_state_dict(osd, gather);
   }
   if (options.cpu_offload) {
-    auto& all = osd.at("state").as<StateDict>();
-    for (std::size_t i = 0; i < all.size(); ++i) {
-      auto& fields = all.value(i).as<StateDict>();
-      for (std::size_t k = 0; k < fields.size(); ++k) {
-        StateValue& v = fields.value(k);
-        if (v.is<at::Tensor>()) v = v.as<at::Tensor>().cpu();
-        if (v.is<DTensor>()) {
-          const auto& d = v.as<DTensor>();
-          v = DTensor(d.local().cpu(), d.mesh(), d.placements(), d.global_shape());
-        }
-      }
-    }
+    StateValue tree(std::move(osd));
+    detail::offload_to_cpu(tree);
+    return std::move(tree.as<StateDict>());
   }
   return osd;
 }

@@ -1,3 +1,4 @@
+#include "common/text.hpp"
 #include "c10dtest/state_dict.hpp"
 
 #include <sstream>
@@ -6,13 +7,6 @@ namespace c10dtest {
 
 namespace {
 
-std::string shape_text(at::IntArrayRef s) {
-  std::ostringstream os;
-  os << '[';
-  for (std::size_t i = 0; i < s.size(); ++i) os << (i ? ", " : "") << s[i];
-  os << ']';
-  return os.str();
-}
 
 void describe_into(std::ostringstream& os, const StateDict& sd, std::size_t limit, int depth) {
   const std::string pad(static_cast<std::size_t>(depth) * 2, ' ');
@@ -120,21 +114,21 @@ std::string StateValue::summary() const {
     if (!t.defined()) {
       os << "Tensor(undefined)";
     } else {
-      os << "Tensor" << shape_text(t.sizes()) << ' ' << c10::toString(t.scalar_type()) << ' '
+      os << "Tensor" << detail::shape_text(t.sizes()) << ' ' << c10::toString(t.scalar_type()) << ' '
          << t.device();
     }
   } else if (is<DTensor>()) {
     const auto& d = as<DTensor>();
-    os << "DTensor" << shape_text(d.global_shape()) << ' ';
+    os << "DTensor" << detail::shape_text(d.global_shape()) << ' ';
     if (d.local().defined()) {
       os << c10::toString(d.dtype()) << ' ' << to_string(d.placements()) << " local "
-         << shape_text(d.local().sizes());
+         << detail::shape_text(d.local().sizes());
     } else {
       os << to_string(d.placements()) << " (no piece on this rank)";
     }
   } else if (is<ShardedTensor>()) {
     const auto& s = as<ShardedTensor>();
-    os << "ShardedTensor" << shape_text(s.metadata().global_shape) << ' '
+    os << "ShardedTensor" << detail::shape_text(s.metadata().global_shape) << ' '
        << c10::toString(s.metadata().dtype) << ' ' << s.metadata().shards.size() << " shards, "
        << s.local_shards().size() << " local";
   } else if (is<StateList>()) {
