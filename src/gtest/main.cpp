@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -71,6 +72,10 @@ int init(int* argc, char** argv) {
       return -1;
     }
     if (!options.log_dir.empty() && launch.rank != 0) redirect_output(options.log_dir, launch.rank);
+    // A peer that drops its group closes its sockets; Gloo writes (writev, no MSG_NOSIGNAL) to
+    // such a socket would kill this rank with SIGPIPE instead of failing the collective with
+    // "Connection closed by peer". Python ignores SIGPIPE for the same reason.
+    std::signal(SIGPIPE, SIG_IGN);
     detail::install_fatal_signal_handlers(launch.rank, launch.world_size);
     detail::register_main_thread();
 
