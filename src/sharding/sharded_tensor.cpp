@@ -238,8 +238,9 @@ std::int64_t piece_bytes(const ShardedTensor& t, int r) {
 }
 
 at::Tensor my_piece(const ShardedTensor& t) {
+  // Through CPU: a rank without shards has no device to agree on with the others.
   std::vector<at::Tensor> parts;
-  for (const auto& s : t.local_shards()) parts.push_back(as_bytes(s.tensor));
+  for (const auto& s : t.local_shards()) parts.push_back(as_bytes(s.tensor.cpu()));
   return parts.empty() ? at::empty({0}, at::kByte) : at::cat(parts);
 }
 
