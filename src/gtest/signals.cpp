@@ -4,9 +4,12 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <sstream>
+#include <string>
+#include <vector>
 #include <thread>
 
 #include "internal.hpp"
@@ -62,11 +65,42 @@ void on_stack_request(int) {
   g_frame_count.store(backtrace(g_frames, kMaxFrames));
 }
 
+// "module(+0x37987) [0x...]": a frame without a dynamic symbol (a static or anonymous-namespace
+// function). addr2line, when installed, names it from the module's symbol table.
+std::string addr2line(const std::string& line) {
+  const auto open = line.find("(+0x");
+  const auto close = line.find(')', open == std::string::npos ? 0 : open);
+  if (open == std::string::npos || close == std::string::npos) return line;
+  const std::string module = line.substr(0, open);
+  const std::string offset = line.substr(open + 2, close - open - 2);
+  if (module.find_first_of("'\"$`\\") != std::string::npos ||
+      offset.find_first_not_of("0123456789abcdefx") != std::string::npos) {
+    return line;
+  }
+  // -i: also the callers the frame was inlined into; names and file:line pairs alternate.
+  const std::string cmd = "addr2line -f -i -C -e '" + module + "' " + offset + " 2>/dev/null";
+  FILE* p = popen(cmd.c_str(), "r");
+  if (p == nullptr) return line;
+  std::vector<std::string> names;
+  char buf[1024];
+  for (int i = 0; std::fgets(buf, sizeof(buf), p) != nullptr; ++i) {
+    std::string text = buf;
+    while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) text.pop_back();
+    if (i % 2 == 0 && !text.empty() && text != "??") names.push_back(text);
+  }
+  pclose(p);
+  if (names.empty()) return line;
+  std::string out = module + "(" + names[0];
+  for (std::size_t i = 1; i < names.size(); ++i) out += (i == 1 ? ", inlined in " : ", in ") + names[i];
+  return out + ")" + line.substr(close + 1);
+}
+
 std::string demangle_line(const char* line) {
   // "binary(_ZN3foo3barEv+0x12) [0x...]" -> "binary(foo::bar()+0x12) [0x...]"
   std::string s = line;
   const auto open = s.find('(');
   const auto plus = s.find('+', open == std::string::npos ? 0 : open);
+  if (open != std::string::npos && plus == open + 1) return addr2line(s);
   if (open == std::string::npos || plus == std::string::npos || plus <= open + 1) return s;
   const std::string mangled = s.substr(open + 1, plus - open - 1);
   int status = 0;

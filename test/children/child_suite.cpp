@@ -50,14 +50,10 @@ TEST_F(EarlyExit, NextTestRunsOnRebuiltGroup) {
 
 class Hang : public c10dtest::DistributedTest {};
 
-}  // namespace
-
-// Outside the anonymous namespace so that the watchdog's stack trace can name it.
+// In the anonymous namespace on purpose: the watchdog's stack trace must name it all the same.
 void sleep_forever_in_rank_two() {
   for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
 }
-
-namespace {
 
 TEST_F(Hang, RankTwoSleepsForever) {
   if (rank() == 2) sleep_forever_in_rank_two();
