@@ -71,7 +71,6 @@ class World {
  private:
   friend int init(int* argc, char** argv);
   friend int finalize(int exit_code);
-  friend class detail::Watchdog;
   friend class detail::DistributedListener;
 
   World(LaunchInfo launch, RunOptions options);
