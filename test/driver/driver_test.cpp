@@ -180,6 +180,21 @@ TEST_P(ChildSuite, SleepingRankHitsTheWatchdogWithItsStack) {
       << "the run went on after a hang";
 }
 
+TEST_P(ChildSuite, RunEndedByTheWatchdogStillLeavesAnXmlReport) {
+  const fs::path dir = fs::temp_directory_path() / ("c10dtest-xml-hang-" + tag_);
+  fs::create_directories(dir);
+  const Outcome o = run_child(4, "--gtest_filter=Hang.RankTwoSleepsForever --c10dtest_timeout=3 "
+                                 "--gtest_output=xml:" + dir.string() + "/");
+  EXPECT_EQ(o.exit_code, kExitTimeout) << o.output;
+  const fs::path file = dir / "child_suite.xml";
+  ASSERT_TRUE(fs::exists(file)) << o.output;
+  std::ifstream in(file);
+  const std::string xml((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_NE(xml.find("<testcase name=\"RankTwoSleepsForever\""), std::string::npos) << xml;
+  EXPECT_NE(xml.find("did not finish within 3000 ms on rank 2 of 4"), std::string::npos) << xml;
+  fs::remove_all(dir);
+}
+
 TEST_P(ChildSuite, HungCollectiveHitsTheWatchdog) {
   const Outcome o = run_child(4, "--gtest_filter=Hang.CollectiveNeverMatched "
                                  "--c10dtest_timeout=3 --c10dtest_collective_timeout=100");
