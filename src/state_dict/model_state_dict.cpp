@@ -7,6 +7,7 @@
 
 #include "c10dtest/distributed_state_dict.hpp"
 #include "offload.hpp"
+#include "parameter_value.hpp"
 #include "c10dtest/world.hpp"
 
 namespace c10dtest {
@@ -79,12 +80,40 @@ void run_load_hooks(const torch::nn::Module& m, const std::string& prefix, State
   for (const auto& c : m.named_children()) run_load_hooks(*c.value(), prefix + c.key() + ".", sd);
 }
 
-// Slices `full` to this rank's piece of `layout`.
-at::Tensor piece_of(const at::Tensor& full, const ParamLayout& layout) {
+
+}  // namespace
+
+namespace detail {
+
+at::Tensor tensor_for_parameter(const StateValue& value, const ParamLayout* layout,
+                                const std::string& what) {
+  if (value.is<DTensor>() && layout != nullptr &&
+      value.as<DTensor>().placements() == layout->placements &&
+      value.as<DTensor>().global_shape() == layout->global_shape) {
+    return value.as<DTensor>().local();
+  }
+  at::Tensor full;
+  if (value.is<at::Tensor>()) {
+    full = value.as<at::Tensor>();
+  } else if (value.is<DTensor>()) {
+    full = value.as<DTensor>().full_tensor();
+  } else if (value.is<ShardedTensor>()) {
+    full = value.as<ShardedTensor>().full_tensor();
+  } else {
+    return {};
+  }
+  if (layout == nullptr) return full;
+  if (full.sizes().vec() != layout->global_shape) {
+    throw StateDictError("size mismatch for " + what + ": copying a param with shape " +
+                         shape_text(full.sizes()) +
+                         " from checkpoint, the shape in current model is " +
+                         shape_text(layout->global_shape) + " (sharded)");
+  }
+  // This rank's piece of the layout.
   std::vector<std::int64_t> shape;
   std::vector<std::int64_t> offset;
-  detail::local_extent(layout.global_shape, layout.placements, *layout.mesh,
-                       layout.mesh->coordinate_of(World::instance().rank()), &shape, &offset);
+  local_extent(layout->global_shape, layout->placements, *layout->mesh,
+               layout->mesh->coordinate_of(World::instance().rank()), &shape, &offset);
   at::Tensor t = full;
   for (std::size_t d = 0; d < shape.size(); ++d) {
     t = t.narrow(static_cast<std::int64_t>(d), offset[d], shape[d]);
@@ -92,7 +121,7 @@ at::Tensor piece_of(const at::Tensor& full, const ParamLayout& layout) {
   return t;
 }
 
-}  // namespace
+}  // namespace detail
 
 std::string fqn_of(const torch::nn::Module& module, const std::string& path) {
   const auto parts = split(path);
@@ -215,31 +244,11 @@ LoadResult set_model_state_dict(torch::nn::Module& module, const StateDict& stat
     const std::string& key = k->second;
     const StateValue& v = sd.at(key);
     const auto layout = layouts.find(s.path);
-    at::Tensor src;
-    if (v.is<DTensor>() && layout != layouts.end() &&
-        v.as<DTensor>().placements() == layout->second.placements &&
-        v.as<DTensor>().global_shape() == layout->second.global_shape) {
-      src = v.as<DTensor>().local();
-    } else {
-      if (v.is<at::Tensor>()) {
-        src = v.as<at::Tensor>();
-      } else if (v.is<DTensor>()) {
-        src = v.as<DTensor>().full_tensor();
-      } else if (v.is<ShardedTensor>()) {
-        src = v.as<ShardedTensor>().full_tensor();
-      } else {
-        throw StateDictError("'" + key + "' holds a " + std::string(v.type_name()) +
-                             ", not a tensor");
-      }
-      if (layout != layouts.end()) {
-        if (src.sizes().vec() != layout->second.global_shape) {
-          throw StateDictError("size mismatch for " + key + ": copying a param with shape " +
-                               detail::shape_text(src.sizes()) +
-                               " from checkpoint, the shape in current model is " +
-                               detail::shape_text(layout->second.global_shape) + " (sharded)");
-        }
-        src = piece_of(src, layout->second);
-      }
+    const at::Tensor src =
+        detail::tensor_for_parameter(v, layout == layouts.end() ? nullptr : &layout->second, key);
+    if (!src.defined()) {
+      throw StateDictError("'" + key + "' holds a " + std::string(v.type_name()) +
+                           ", not a tensor");
     }
     if (src.sizes() != s.tensor.sizes()) {
       throw StateDictError("size mismatch for " + key + ": copying a param with shape " +

@@ -14,6 +14,7 @@
 #include "c10dtest/distributed_state_dict.hpp"
 #include "c10dtest/world.hpp"
 #include "offload.hpp"
+#include "parameter_value.hpp"
 
 namespace c10dtest {
 
@@ -360,27 +361,9 @@ void set_optimizer_state_dict(const torch::nn::Module& model, optim::Optimizer& 
       const auto layout = layouts.find(name.path);
       const Unwrap unwrap = [&](const StateValue& v, const std::string& field) -> at::Tensor {
         const std::string what = "optimizer state " + name.fqn + "." + field;
-        at::Tensor t;
-        if (v.is<DTensor>() && layout != layouts.end() &&
-            v.as<DTensor>().placements() == layout->second.placements) {
-          t = v.as<DTensor>().local();
-        } else {
-          if (v.is<at::Tensor>()) {
-            t = v.as<at::Tensor>();
-          } else if (v.is<DTensor>()) {
-            t = v.as<DTensor>().full_tensor();
-          } else {
-            throw StateDictError(what + " is a " + v.type_name() + ", not a tensor");
-          }
-          if (layout != layouts.end()) {
-            StateDict full;
-            full.insert("x", t);
-            StateDict like;
-            like.insert("x", DTensor(p.detach(), layout->second.mesh, layout->second.placements,
-                                     layout->second.global_shape));
-            t = distribute_state_dict(full, like).at("x").as<DTensor>().local();
-          }
-        }
+        const at::Tensor t = detail::tensor_for_parameter(
+            v, layout == layouts.end() ? nullptr : &layout->second, what);
+        if (!t.defined()) throw StateDictError(what + " is a " + v.type_name() + ", not a tensor");
         if (t.sizes() != p.sizes()) {
           std::ostringstream os;
           os << what << " has shape " << t.sizes() << ", the parameter " << p.sizes();
