@@ -140,6 +140,8 @@ class DistributedListener : public ::testing::EmptyTestEventListener {
   void adopt_failures(const std::vector<RankResult>& results);
   void check_test_lists(const ::testing::UnitTest& unit, int iteration);
   void print_end(const ::testing::TestInfo& info, const std::vector<RankResult>& results);
+  // "[  FAILED  ] <name> (rank R of W): file:line: message" (rank 0 only).
+  void print_failure(const std::string& name, int rank, const FailurePart& f);
 
   World& world_;
   Watchdog& watchdog_;

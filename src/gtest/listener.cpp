@@ -282,12 +282,7 @@ void DistributedListener::OnTestSuiteEnd(const ::testing::TestSuite& suite) {
     if (res.status != 'F') continue;
     failing.push_back(r);
     if (!print_) continue;
-    for (const auto& f : res.failures) {
-      print_tag(color_, Color::kRed, "[  FAILED  ] ");
-      std::printf("%s (rank %d of %d): ", name.c_str(), r, world_.world_size());
-      if (f.line >= 0) std::printf("%s:%d: ", f.file.c_str(), f.line);
-      std::printf("%s\n", f.message.c_str());
-    }
+    for (const auto& f : res.failures) print_failure(name, r, f);
   }
   if (!failing.empty()) {
     world_.rebuild_process_groups();
@@ -296,6 +291,15 @@ void DistributedListener::OnTestSuiteEnd(const ::testing::TestSuite& suite) {
   std::fflush(stdout);
   watchdog_.disarm();
   set_current_test_name("");
+}
+
+void DistributedListener::print_failure(const std::string& name, int rank,
+                                        const FailurePart& f) {
+  print_tag(color_, Color::kRed, "[  FAILED  ] ");
+  std::printf("%s (rank %d of %d): ", name.c_str(), rank, world_.world_size());
+  if (f.line >= 0) std::printf("%s:%d: ", f.file.c_str(), f.line);
+  const bool multi_line = f.message.find('\n') != std::string::npos;
+  std::printf("%s%s\n", multi_line ? "Failure\n" : "", f.message.c_str());
 }
 
 void DistributedListener::print_end(const ::testing::TestInfo& info,
@@ -334,13 +338,7 @@ void DistributedListener::print_end(const ::testing::TestInfo& info,
     std::stable_partition(failing.begin(), failing.end(), [&](int r) { return r == first_rank; });
     for (int r : failing) {
       const RankResult& res = results[static_cast<std::size_t>(r)];
-      for (const auto& f : res.failures) {
-        print_tag(color_, Color::kRed, "[  FAILED  ] ");
-        std::printf("%s (rank %d of %d): ", name.c_str(), r, size);
-        if (f.line >= 0) std::printf("%s:%d: ", f.file.c_str(), f.line);
-        const bool multi_line = f.message.find('\n') != std::string::npos;
-        std::printf("%s%s\n", multi_line ? "Failure\n" : "", f.message.c_str());
-      }
+      for (const auto& f : res.failures) print_failure(name, r, f);
       if (res.omitted_parts > 0) {
         print_tag(color_, Color::kRed, "[  FAILED  ] ");
         std::printf("%s (rank %d of %d): %d more failures not shown\n", name.c_str(), r, size,
