@@ -10,6 +10,8 @@
 //   --c10dtest_backend=gloo|nccl     backend of the world group (default gloo); C10DTEST_BACKEND
 //   --c10dtest_log_dir=DIR           ranks > 0 write their stdout/stderr to DIR/rank-N.log
 //   --c10dtest_seed=N                mixed into every per-test seed (default 0)
+//   --c10dtest_verify_strategy=S     auto, shard-local or gather: how state-dict verifications
+//                                    that ask for kAuto run (default auto)
 //
 // Seconds may have a fraction ("0.5").
 #pragma once
@@ -43,6 +45,7 @@ struct RunOptions {
   std::string backend = "gloo";
   std::string log_dir;
   std::uint64_t seed = 0;
+  std::string verify_strategy = "auto";
 
   std::chrono::milliseconds effective_collective_timeout() const;
 };

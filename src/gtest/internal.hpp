@@ -140,8 +140,12 @@ class DistributedListener : public ::testing::EmptyTestEventListener {
   void adopt_failures(const std::vector<RankResult>& results);
   void check_test_lists(const ::testing::UnitTest& unit, int iteration);
   void print_end(const ::testing::TestInfo& info, const std::vector<RankResult>& results);
-  // "[  FAILED  ] <name> (rank R of W): file:line: message" (rank 0 only).
-  void print_failure(const std::string& name, int rank, const FailurePart& f);
+  // "[  FAILED  ] <name> (rank R of W): file:line: message" (rank 0 only); "ranks 0, 2" when
+  // several ranks reported the same failure.
+  void print_failure(const std::string& name, const std::vector<int>& ranks, const FailurePart& f);
+  // Each distinct failure of the `order`ed ranks once, in that order.
+  void print_failures(const std::string& name, const std::vector<int>& order,
+                      const std::vector<RankResult>& results);
 
   World& world_;
   Watchdog& watchdog_;

@@ -278,12 +278,9 @@ void DistributedListener::OnTestSuiteEnd(const ::testing::TestSuite& suite) {
   adopt_failures(results);
   std::vector<int> failing;
   for (int r = 0; r < world_.world_size(); ++r) {
-    const RankResult& res = results[static_cast<std::size_t>(r)];
-    if (res.status != 'F') continue;
-    failing.push_back(r);
-    if (!print_) continue;
-    for (const auto& f : res.failures) print_failure(name, r, f);
+    if (results[static_cast<std::size_t>(r)].status == 'F') failing.push_back(r);
   }
+  if (print_) print_failures(name, failing, results);
   if (!failing.empty()) {
     world_.rebuild_process_groups();
     failed_.push_back({name, ranks_text(failing, world_.world_size())});
@@ -293,13 +290,37 @@ void DistributedListener::OnTestSuiteEnd(const ::testing::TestSuite& suite) {
   set_current_test_name("");
 }
 
-void DistributedListener::print_failure(const std::string& name, int rank,
+void DistributedListener::print_failure(const std::string& name, const std::vector<int>& ranks,
                                         const FailurePart& f) {
   print_tag(color_, Color::kRed, "[  FAILED  ] ");
-  std::printf("%s (rank %d of %d): ", name.c_str(), rank, world_.world_size());
+  std::string who = ranks.size() == 1 ? "rank " : "ranks ";
+  for (std::size_t i = 0; i < ranks.size(); ++i) who += (i ? ", " : "") + std::to_string(ranks[i]);
+  std::printf("%s (%s of %d): ", name.c_str(), who.c_str(), world_.world_size());
   if (f.line >= 0) std::printf("%s:%d: ", f.file.c_str(), f.line);
   const bool multi_line = f.message.find('\n') != std::string::npos;
   std::printf("%s%s\n", multi_line ? "Failure\n" : "", f.message.c_str());
+}
+
+void DistributedListener::print_failures(const std::string& name, const std::vector<int>& order,
+                                         const std::vector<RankResult>& results) {
+  // A failure several ranks report word for word (a collective check) is printed once.
+  std::vector<std::pair<const FailurePart*, std::vector<int>>> unique;
+  for (int r : order) {
+    for (const auto& f : results[static_cast<std::size_t>(r)].failures) {
+      auto it = std::find_if(unique.begin(), unique.end(), [&](const auto& u) {
+        return u.first->file == f.file && u.first->line == f.line && u.first->message == f.message;
+      });
+      if (it == unique.end()) {
+        unique.push_back({&f, {r}});
+      } else {
+        it->second.push_back(r);
+      }
+    }
+  }
+  for (auto& [f, ranks] : unique) {
+    std::sort(ranks.begin(), ranks.end());
+    print_failure(name, ranks, *f);
+  }
 }
 
 void DistributedListener::print_end(const ::testing::TestInfo& info,
@@ -336,9 +357,9 @@ void DistributedListener::print_end(const ::testing::TestInfo& info,
   if (!failing.empty()) {
     // The rank that failed first (usually the cause) is printed first.
     std::stable_partition(failing.begin(), failing.end(), [&](int r) { return r == first_rank; });
+    print_failures(name, failing, results);
     for (int r : failing) {
       const RankResult& res = results[static_cast<std::size_t>(r)];
-      for (const auto& f : res.failures) print_failure(name, r, f);
       if (res.omitted_parts > 0) {
         print_tag(color_, Color::kRed, "[  FAILED  ] ");
         std::printf("%s (rank %d of %d): %d more failures not shown\n", name.c_str(), r, size,

@@ -57,16 +57,23 @@ void apply(RunOptions& o, const std::string& name, const std::string& value,
     o.log_dir = value;
   } else if (name == "seed") {
     o.seed = parse_u64(value, what);
+  } else if (name == "verify_strategy") {
+    if (value != "auto" && value != "shard-local" && value != "gather") {
+      throw ConfigError(what + "='" + value +
+                        "' is not a verify strategy (auto, shard-local or gather)");
+    }
+    o.verify_strategy = value;
   } else {
     throw ConfigError("unknown flag " + what +
                       "; known: world_size, timeout, collective_timeout, heartbeat_timeout, "
-                      "rendezvous_timeout, backend, log_dir, seed");
+                      "rendezvous_timeout, backend, log_dir, seed, verify_strategy");
   }
 }
 
 constexpr const char* kNames[] = {"world_size",         "timeout", "collective_timeout",
                                   "heartbeat_timeout",  "rendezvous_timeout",
-                                  "backend",            "log_dir", "seed"};
+                                  "backend",            "log_dir", "seed",
+                                  "verify_strategy"};
 
 }  // namespace
 

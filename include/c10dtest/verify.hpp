@@ -1,0 +1,216 @@
+// Verifying sharded state dicts against local references: PyTorch's VerifyStateDictMixin for C++,
+// comparing real values (model and optimizer) with assert_close tolerances and diagnostics that
+// name the key, the ranks, the shard, the shape, the dtype and the largest difference.
+//
+//   class CheckpointTest : public c10dtest::DistributedTest,
+//                          public c10dtest::VerifyStateDictMixin {};
+//
+//   TEST_F(CheckpointTest, ShardedModelMatchesLocal) {
+//     ...train `local` and `sharded` on the same data...
+//     C10DTEST_EXPECT_STATE_DICT_MATCHES(get_model_state_dict(*local),
+//                                        get_model_state_dict(*sharded, {}, layouts));
+//     EXPECT_TRUE(verify_osd(*local, local_optim, sharded_osd));
+//   }
+//
+// Every verification is collective over the world: all ranks call it, in the same order, and all
+// get the same verdict and the same message. Two strategies give identical answers:
+// - shard-local (the default when every rank passes a reference): each rank compares its own
+//   shards with the matching slices of its reference; one small exchange of findings follows.
+//   No tensor data moves.
+// - gather (the default when only some ranks pass a reference, e.g. rank 0 holds the local model
+//   and the others pass an empty dict): every rank's pieces travel to the lowest rank holding a
+//   reference, in batches, and are compared there.
+#pragma once
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <torch/nn/module.h>
+#include <torch/optim/optimizer.h>
+
+#include <cstdint>
+#include <memory>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "c10dtest/compare.hpp"
+#include "c10dtest/state_dict.hpp"
+
+namespace c10dtest {
+
+enum class VerifyStrategy {
+  kAuto,        // shard-local if every rank holds a reference, else gather
+  kShardLocal,  // every rank must hold the reference
+  kGather,      // to the lowest rank holding a reference
+};
+
+// "auto", "shard-local", "gather"; parse_ throws ConfigError naming the accepted values.
+const char* to_string(VerifyStrategy strategy);
+VerifyStrategy parse_verify_strategy(const std::string& name);
+
+struct VerifyOptions {
+  // Tolerances, NaN handling and dtype checking, as for compare_tensors.
+  CompareOptions compare;
+  // kAuto takes the run's --c10dtest_verify_strategy (C10DTEST_VERIFY_STRATEGY) when set.
+  VerifyStrategy strategy = VerifyStrategy::kAuto;
+  // As StateDictOptions::ignore_frozen_params: keys in `frozen_keys` may be missing from the
+  // distributed dict. Values that are present are still compared.
+  bool ignore_frozen_params = false;
+  // FQNs of frozen parameters (the overloads taking a model fill this in). A state dict alone
+  // cannot tell a frozen parameter from a buffer: both are saved detached.
+  std::vector<std::string> frozen_keys;
+  // A device difference between a reference and a distributed value fails the key (else values
+  // on different devices are compared on CPU).
+  bool check_device = false;
+  // Keys reported in full; the rest are counted and named (up to 20 names).
+  std::size_t max_reported_keys = 10;
+  // Gather strategy: bytes a rank sends per batch (bounds the receiving rank's memory to about
+  // world size times this).
+  std::int64_t gather_batch_bytes = std::int64_t{256} << 20;
+};
+
+// Collective over the world. Compares every value of `dist` with the value under the same key in
+// `reference` (full tensors and plain values; pass an empty dict on ranks that hold none). Tensors
+// of `dist` may be plain (each rank holds the whole tensor), DTensors (any mesh and placements;
+// replicas are all checked) or ShardedTensors (whose shards must tile the tensor). Nested dicts and
+// lists are walked (keys "state.l1.weight.exp_avg", "param_groups.0.lr"). Missing and unexpected
+// keys, shape, dtype and type differences are failures naming the key and the ranks concerned.
+::testing::AssertionResult verify_state_dict(const StateDict& reference, const StateDict& dist,
+                                             const VerifyOptions& options = {});
+
+// One value (a DTensor, ShardedTensor or tensor) against a full reference tensor. Collective.
+::testing::AssertionResult verify_tensor(const at::Tensor& reference, const StateValue& dist,
+                                         const VerifyOptions& options = {},
+                                         const std::string& key = "tensor");
+
+// FQNs of `model`'s parameters with requires_grad == false (after FQN modifiers).
+std::vector<std::string> frozen_keys_of(const torch::nn::Module& model);
+
+// The optimizer state dict of `model`/`optimizer` in the form verify_osd compares: keyed by FQN,
+// each param group's "params" sorted. `osd` may come from get_optimizer_state_dict (FQN keys) or
+// use PyTorch's parameter ids: state keys "0", "1", ... and integer "params", where id i is the
+// i-th parameter of the optimizer's param groups chained. Throws StateDictError naming an id or
+// FQN that does not belong to the model.
+StateDict canonical_optimizer_state_dict(const torch::nn::Module& model,
+                                         const torch::optim::Optimizer& optimizer,
+                                         const StateDict& osd);
+
+// The mixin: inherit it beside DistributedTest, as PyTorch's tests inherit VerifyStateDictMixin
+// beside DTensorTestBase. Each check is collective and returns an AssertionResult.
+class VerifyStateDictMixin {
+ public:
+  virtual ~VerifyStateDictMixin() = default;
+
+ protected:
+  // Defaults for the checks below; a test may change them.
+  VerifyOptions& verify_options() { return verify_options_; }
+
+  // PyTorch's _compare_tensor: a full reference tensor against a (distributed) value.
+  ::testing::AssertionResult compare_tensor(const at::Tensor& orig, const StateValue& dist);
+  ::testing::AssertionResult compare_tensor(const at::Tensor& orig, const StateValue& dist,
+                                            const VerifyOptions& options);
+
+  // _verify_msd: the reference model state dict `msd` against `dist_msd`. With
+  // options.ignore_frozen_params, keys of options.frozen_keys may be missing.
+  ::testing::AssertionResult verify_msd(const StateDict& msd, const StateDict& dist_msd);
+  ::testing::AssertionResult verify_msd(const StateDict& msd, const StateDict& dist_msd,
+                                        const VerifyOptions& options);
+  // The same, taking the reference from `model` (which also tells which keys are frozen).
+  ::testing::AssertionResult verify_msd(const torch::nn::Module& model, const StateDict& dist_msd,
+                                        const VerifyOptions& options);
+
+  // _verify_osd, comparing the distributed values for real: `osd` (the reference optimizer's
+  // state, by FQN or by parameter id, see canonical_optimizer_state_dict) against `dist_osd`:
+  // every state value, and param_groups (hyperparameters exactly, "params" as sets of FQNs).
+  // As in PyTorch, a dist_osd with more groups than the reference is compared against one group
+  // holding all their parameters, but here only when their hyperparameters agree.
+  ::testing::AssertionResult verify_osd(const torch::nn::Module& model,
+                                        const torch::optim::Optimizer& optim,
+                                        const StateDict& osd, const StateDict& dist_osd);
+  ::testing::AssertionResult verify_osd(const torch::nn::Module& model,
+                                        const torch::optim::Optimizer& optim,
+                                        const StateDict& osd, const StateDict& dist_osd,
+                                        const VerifyOptions& options);
+  // `osd` taken from `optim` itself.
+  ::testing::AssertionResult verify_osd(const torch::nn::Module& model,
+                                        const torch::optim::Optimizer& optim,
+                                        const StateDict& dist_osd);
+
+  // _verify_osd_by_load: gathers `dist_osd` (collective), loads it into `new_optim` (an optimizer
+  // over `model`'s parameters) and compares the state of `optim` and `new_optim`.
+  ::testing::AssertionResult verify_osd_by_load(const torch::nn::Module& model,
+                                                const torch::optim::Optimizer& optim,
+                                                torch::optim::Optimizer& new_optim,
+                                                const StateDict& dist_osd);
+
+ private:
+  VerifyOptions verify_options_;
+};
+
+namespace detail {
+::testing::AssertionResult verify_osd_impl(const torch::nn::Module& model,
+                                           const torch::optim::Optimizer& optim,
+                                           const StateDict& osd, const StateDict& dist_osd,
+                                           const VerifyOptions& options);
+
+class StateDictMatcher {
+ public:
+  using is_gtest_matcher = void;
+  StateDictMatcher(const StateDict& reference, VerifyOptions options)
+      : reference_(&reference), options_(std::move(options)) {}
+  bool MatchAndExplain(const StateDict& dist, std::ostream* listener) const;
+  void DescribeTo(std::ostream* os) const;
+  void DescribeNegationTo(std::ostream* os) const;
+
+ private:
+  const StateDict* reference_;
+  VerifyOptions options_;
+};
+
+class TensorMatcher {
+ public:
+  using is_gtest_matcher = void;
+  TensorMatcher(const at::Tensor& reference, VerifyOptions options)
+      : reference_(reference), options_(std::move(options)) {}
+  bool MatchAndExplain(const StateValue& dist, std::ostream* listener) const;
+  bool MatchAndExplain(const at::Tensor& dist, std::ostream* listener) const;
+  void DescribeTo(std::ostream* os) const;
+  void DescribeNegationTo(std::ostream* os) const;
+
+ private:
+  at::Tensor reference_;
+  VerifyOptions options_;
+};
+}  // namespace detail
+
+// gMock matchers (collective, like verify_state_dict; the reference must outlive the matcher):
+//   EXPECT_THAT(dist_msd, c10dtest::StateDictMatches(msd));
+//   EXPECT_THAT(dtensor_value, c10dtest::TensorMatches(full_reference));
+inline detail::StateDictMatcher StateDictMatches(const StateDict& reference,
+                                                 VerifyOptions options = {}) {
+  return detail::StateDictMatcher(reference, std::move(options));
+}
+inline detail::TensorMatcher TensorMatches(const at::Tensor& reference,
+                                           VerifyOptions options = {}) {
+  return detail::TensorMatcher(reference, std::move(options));
+}
+
+// gtest prints matched values: a summary of shapes and dtypes, never tensor values.
+void PrintTo(const StateDict& sd, std::ostream* os);
+void PrintTo(const StateValue& v, std::ostream* os);
+
+}  // namespace c10dtest
+
+// One-line shims (collective: every rank must reach them). Optional third argument: VerifyOptions.
+#define C10DTEST_EXPECT_STATE_DICT_MATCHES(reference, dist, ...) \
+  GTEST_ASSERT_(::c10dtest::verify_state_dict((reference), (dist), ##__VA_ARGS__), \
+                GTEST_NONFATAL_FAILURE_)
+#define C10DTEST_ASSERT_STATE_DICT_MATCHES(reference, dist, ...) \
+  GTEST_ASSERT_(::c10dtest::verify_state_dict((reference), (dist), ##__VA_ARGS__), \
+                GTEST_FATAL_FAILURE_)
+#define C10DTEST_EXPECT_TENSOR_MATCHES(reference, dist, ...) \
+  GTEST_ASSERT_(::c10dtest::verify_tensor((reference), (dist), ##__VA_ARGS__), \
+                GTEST_NONFATAL_FAILURE_)
+#define C10DTEST_ASSERT_TENSOR_MATCHES(reference, dist, ...) \
+  GTEST_ASSERT_(::c10dtest::verify_tensor((reference), (dist), ##__VA_ARGS__), \
+                GTEST_FATAL_FAILURE_)

@@ -1,0 +1,327 @@
+// VerifyStateDictMixin, the optimizer-state-dict checks and the gMock matchers, on top of
+// verify_state_dict.
+#include <algorithm>
+#include <map>
+#include <unordered_map>
+
+#include "c10dtest/control_plane.hpp"
+#include "c10dtest/distributed_state_dict.hpp"
+#include "c10dtest/model_state_dict.hpp"
+#include "c10dtest/optimizer_state_dict.hpp"
+#include "c10dtest/verify.hpp"
+#include "c10dtest/world.hpp"
+
+namespace c10dtest {
+
+namespace {
+
+bool distributed() { return World::initialized() && World::instance().world_size() > 1; }
+
+// Every rank's `value` (just this one's outside a distributed run). Collective.
+std::vector<std::string> exchange(const std::string& what, const std::string& value) {
+  if (!distributed()) return {value};
+  World& w = World::instance();
+  return w.control().all_gather(w.next_tag(what), value,
+                                w.options().effective_collective_timeout());
+}
+
+// FQN of every parameter of `optimizer`, in the order of its param groups chained (PyTorch's
+// parameter ids).
+std::vector<std::string> fqns_by_id(const torch::nn::Module& model,
+                                    const torch::optim::Optimizer& optimizer) {
+  std::unordered_map<const void*, std::string> by_impl;
+  for (const auto& p : model.named_parameters()) {
+    by_impl.emplace(p.value().unsafeGetTensorImpl(), fqn_of(model, p.key()));
+  }
+  std::vector<std::string> out;
+  for (const auto& g : optimizer.param_groups()) {
+    for (const auto& p : g.params()) {
+      const auto it = by_impl.find(p.unsafeGetTensorImpl());
+      if (it == by_impl.end()) {
+        throw StateDictError("parameter " + std::to_string(out.size()) +
+                             " of the optimizer does not belong to the model");
+      }
+      out.push_back(it->second);
+    }
+  }
+  return out;
+}
+
+bool parse_id(const std::string& s, std::size_t* id) {
+  if (s.empty() || s.size() > 9) return false;
+  for (char c : s) {
+    if (c < '0' || c > '9') return false;
+  }
+  *id = static_cast<std::size_t>(std::stoul(s));
+  return true;
+}
+
+StateList sorted_params(const StateList& params, const std::vector<std::string>& ids) {
+  std::vector<std::string> names;
+  for (const auto& p : params) {
+    if (p.is<std::int64_t>()) {
+      const auto id = static_cast<std::size_t>(p.as<std::int64_t>());
+      if (id >= ids.size()) {
+        throw StateDictError("param_groups: parameter id " + std::to_string(id) +
+                             " is not one of the optimizer's " + std::to_string(ids.size()));
+      }
+      names.push_back(ids[id]);
+    } else {
+      names.push_back(p.as<std::string>());
+    }
+  }
+  std::sort(names.begin(), names.end());
+  StateList out;
+  for (auto& n : names) out.emplace_back(std::move(n));
+  return out;
+}
+
+// A group's hyperparameters (everything but "params") as one comparable text.
+std::string hyperparameters(const StateDict& group) {
+  StateDict h = group;
+  h.erase("params");
+  return h.describe();
+}
+
+// `osd` with "params" sorted and, when the reference has exactly one group and `osd` more whose
+// hyperparameters agree, those groups merged into one (PyTorch's _verify_osd rule).
+StateDict normalise_groups(const StateDict& osd, long long reference_groups) {
+  StateDict out = osd;
+  if (!out.contains("param_groups") || !out.at("param_groups").is<StateList>()) return out;
+  StateList& groups = out.at("param_groups").as<StateList>();
+  for (auto& g : groups) {
+    if (!g.is<StateDict>() || !g.as<StateDict>().contains("params")) continue;
+    auto& params = g.as<StateDict>().at("params");
+    if (!params.is<StateList>()) continue;
+    const auto& l = params.as<StateList>();
+    // Only names are sorted; anything else is left for the comparison to report.
+    if (std::all_of(l.begin(), l.end(), [](const StateValue& p) { return p.is<std::string>(); })) {
+      params = sorted_params(l, {});
+    }
+  }
+  if (reference_groups != 1 || groups.size() <= 1) return out;
+  StateList all;
+  for (const auto& g : groups) {
+    if (!g.is<StateDict>() || !groups[0].is<StateDict>() ||
+        hyperparameters(g.as<StateDict>()) != hyperparameters(groups[0].as<StateDict>())) {
+      return out;
+    }
+    const auto& d = g.as<StateDict>();
+    if (!d.contains("params") || !d.at("params").is<StateList>()) return out;
+    for (const auto& p : d.at("params").as<StateList>()) {
+      if (!p.is<std::string>()) return out;
+      all.push_back(p);
+    }
+  }
+  StateDict merged = groups[0].as<StateDict>();
+  merged.insert("params", sorted_params(all, {}));
+  groups = StateList{StateValue(merged)};
+  return out;
+}
+
+::testing::AssertionResult failure_on_some_rank(const std::string& what,
+                                                const std::vector<std::string>& errors) {
+  auto r = ::testing::AssertionFailure();
+  r << what << " failed";
+  for (std::size_t i = 0; i < errors.size(); ++i) {
+    if (!errors[i].empty()) r << "\n  rank " << i << ": " << errors[i];
+  }
+  return r;
+}
+
+bool any_error(const std::vector<std::string>& errors) {
+  return std::any_of(errors.begin(), errors.end(), [](const std::string& e) { return !e.empty(); });
+}
+
+}  // namespace
+
+std::vector<std::string> frozen_keys_of(const torch::nn::Module& model) {
+  std::vector<std::string> out;
+  for (const auto& p : model.named_parameters()) {
+    if (!p.value().requires_grad()) out.push_back(fqn_of(model, p.key()));
+  }
+  return out;
+}
+
+StateDict canonical_optimizer_state_dict(const torch::nn::Module& model,
+                                         const torch::optim::Optimizer& optimizer,
+                                         const StateDict& osd) {
+  const std::vector<std::string> ids = fqns_by_id(model, optimizer);
+  StateDict out;
+  for (std::size_t i = 0; i < osd.size(); ++i) {
+    const std::string& key = osd.keys()[i];
+    const StateValue& v = osd.value(i);
+    if (key == "state" && v.is<StateDict>()) {
+      StateDict state;
+      const auto& s = v.as<StateDict>();
+      for (std::size_t j = 0; j < s.size(); ++j) {
+        std::size_t id = 0;
+        if (parse_id(s.keys()[j], &id)) {
+          if (id >= ids.size()) {
+            throw StateDictError("state: parameter id " + s.keys()[j] +
+                                 " is not one of the optimizer's " + std::to_string(ids.size()));
+          }
+          state.insert(ids[id], s.value(j));
+        } else {
+          state.insert(s.keys()[j], s.value(j));
+        }
+      }
+      out.insert(key, state);
+    } else if (key == "param_groups" && v.is<StateList>()) {
+      StateList groups;
+      for (const auto& g : v.as<StateList>()) {
+        StateDict group = g.as<StateDict>();
+        if (group.contains("params")) {
+          group.insert("params", sorted_params(group.at("params").as<StateList>(), ids));
+        }
+        groups.emplace_back(group);
+      }
+      out.insert(key, groups);
+    } else {
+      out.insert(key, v);
+    }
+  }
+  return out;
+}
+
+namespace detail {
+
+::testing::AssertionResult verify_osd_impl(const torch::nn::Module& model,
+                                           const torch::optim::Optimizer& optim,
+                                           const StateDict& osd, const StateDict& dist_osd,
+                                           const VerifyOptions& options) {
+  StateDict reference;
+  std::string error;
+  long long groups = -1;
+  try {
+    if (!osd.empty()) {
+      reference = canonical_optimizer_state_dict(model, optim, osd);
+      groups = reference.contains("param_groups")
+                   ? static_cast<long long>(reference.at("param_groups").as<StateList>().size())
+                   : 0;
+    }
+  } catch (const Error& e) {
+    error = e.what();
+  }
+  // Every rank learns whether the reference could be read and how many groups it has.
+  const auto all = exchange("verify-osd", error.empty() ? std::to_string(groups) : "!" + error);
+  std::vector<std::string> errors;
+  for (const auto& a : all) {
+    errors.push_back(a.rfind('!', 0) == 0 ? a.substr(1) : "");
+    if (a.rfind('!', 0) != 0 && groups < 0) groups = std::stoll(a);
+  }
+  if (any_error(errors)) return failure_on_some_rank("reading the reference optimizer state", errors);
+  return verify_state_dict(reference, normalise_groups(dist_osd, groups), options);
+}
+
+}  // namespace detail
+
+::testing::AssertionResult VerifyStateDictMixin::compare_tensor(const at::Tensor& orig,
+                                                                const StateValue& dist) {
+  return compare_tensor(orig, dist, verify_options_);
+}
+
+::testing::AssertionResult VerifyStateDictMixin::compare_tensor(const at::Tensor& orig,
+                                                                const StateValue& dist,
+                                                                const VerifyOptions& options) {
+  return verify_tensor(orig, dist, options);
+}
+
+::testing::AssertionResult VerifyStateDictMixin::verify_msd(const StateDict& msd,
+                                                            const StateDict& dist_msd) {
+  return verify_msd(msd, dist_msd, verify_options_);
+}
+
+::testing::AssertionResult VerifyStateDictMixin::verify_msd(const StateDict& msd,
+                                                            const StateDict& dist_msd,
+                                                            const VerifyOptions& options) {
+  return verify_state_dict(msd, dist_msd, options);
+}
+
+::testing::AssertionResult VerifyStateDictMixin::verify_msd(const torch::nn::Module& model,
+                                                            const StateDict& dist_msd,
+                                                            const VerifyOptions& options) {
+  VerifyOptions o = options;
+  for (auto& k : frozen_keys_of(model)) o.frozen_keys.push_back(std::move(k));
+  return verify_state_dict(get_model_state_dict(model), dist_msd, o);
+}
+
+::testing::AssertionResult VerifyStateDictMixin::verify_osd(const torch::nn::Module& model,
+                                                            const torch::optim::Optimizer& optim,
+                                                            const StateDict& osd,
+                                                            const StateDict& dist_osd) {
+  return detail::verify_osd_impl(model, optim, osd, dist_osd, verify_options_);
+}
+
+::testing::AssertionResult VerifyStateDictMixin::verify_osd(const torch::nn::Module& model,
+                                                            const torch::optim::Optimizer& optim,
+                                                            const StateDict& osd,
+                                                            const StateDict& dist_osd,
+                                                            const VerifyOptions& options) {
+  return detail::verify_osd_impl(model, optim, osd, dist_osd, options);
+}
+
+::testing::AssertionResult VerifyStateDictMixin::verify_osd(const torch::nn::Module& model,
+                                                            const torch::optim::Optimizer& optim,
+                                                            const StateDict& dist_osd) {
+  return detail::verify_osd_impl(model, optim, get_optimizer_state_dict(model, optim), dist_osd,
+                                 verify_options_);
+}
+
+::testing::AssertionResult VerifyStateDictMixin::verify_osd_by_load(
+    const torch::nn::Module& model, const torch::optim::Optimizer& optim,
+    torch::optim::Optimizer& new_optim, const StateDict& dist_osd) {
+  const StateDict full = gather_state_dict(dist_osd);  // collective
+  std::string error;
+  try {
+    set_optimizer_state_dict(model, new_optim, full);
+  } catch (const Error& e) {
+    error = e.what();
+  }
+  const auto errors = exchange("verify-osd-load", error);
+  if (any_error(errors)) {
+    return failure_on_some_rank("loading the gathered optimizer state dict", errors);
+  }
+  VerifyOptions o = verify_options_;
+  o.strategy = VerifyStrategy::kShardLocal;  // every rank holds both optimizers
+  return verify_state_dict(get_optimizer_state_dict(model, optim),
+                           get_optimizer_state_dict(model, new_optim), o);
+}
+
+namespace detail {
+
+bool StateDictMatcher::MatchAndExplain(const StateDict& dist, std::ostream* listener) const {
+  const auto r = verify_state_dict(*reference_, dist, options_);
+  if (!r && listener != nullptr) *listener << r.message();
+  return static_cast<bool>(r);
+}
+
+void StateDictMatcher::DescribeTo(std::ostream* os) const {
+  *os << "matches the reference state dict (" << reference_->size() << " keys)";
+}
+
+void StateDictMatcher::DescribeNegationTo(std::ostream* os) const {
+  *os << "does not match the reference state dict";
+}
+
+bool TensorMatcher::MatchAndExplain(const StateValue& dist, std::ostream* listener) const {
+  const auto r = verify_tensor(reference_, dist, options_);
+  if (!r && listener != nullptr) *listener << r.message();
+  return static_cast<bool>(r);
+}
+
+bool TensorMatcher::MatchAndExplain(const at::Tensor& dist, std::ostream* listener) const {
+  return MatchAndExplain(StateValue(dist), listener);
+}
+
+void TensorMatcher::DescribeTo(std::ostream* os) const {
+  *os << "matches the reference tensor";
+}
+
+void TensorMatcher::DescribeNegationTo(std::ostream* os) const {
+  *os << "does not match the reference tensor";
+}
+
+}  // namespace detail
+
+}  // namespace c10dtest

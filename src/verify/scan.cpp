@@ -1,0 +1,222 @@
+#include "scan.hpp"
+
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <cmath>
+#include <limits>
+#include <sstream>
+
+#include "common/text.hpp"
+
+namespace c10dtest::detail {
+
+namespace {
+
+constexpr std::int64_t kBlock = 1 << 20;  // elements per block (copies are at most this big)
+
+bool index_less(const std::vector<std::int64_t>& a, const std::vector<std::int64_t>& b) {
+  return std::lexicographical_compare(a.begin(), a.end(), b.begin(), b.end());
+}
+
+std::string number_text(double v) {
+  std::ostringstream os;
+  os.precision(9);
+  os << v;
+  return os.str();
+}
+
+template <typename T>
+std::string value_text(T v) {
+  if constexpr (std::is_same_v<T, bool>) {
+    return v ? "true" : "false";
+  } else if constexpr (std::is_integral_v<T>) {
+    return std::to_string(static_cast<long long>(v));
+  } else {
+    return number_text(static_cast<double>(v));
+  }
+}
+
+std::string complex_text(c10::complex<double> c) {
+  std::ostringstream os;
+  os.precision(9);
+  os << c.real() << (c.imag() < 0 ? "" : "+") << c.imag() << "j";
+  return os.str();
+}
+
+// Global index of flat element `flat` of a tensor of `shape` placed at `offsets`.
+std::vector<std::int64_t> global_index(std::int64_t flat, at::IntArrayRef shape,
+                                       const std::vector<std::int64_t>& offsets) {
+  std::vector<std::int64_t> idx(shape.size());
+  for (std::size_t d = shape.size(); d-- > 0;) {
+    idx[d] = shape[d] == 0 ? 0 : flat % shape[d];
+    flat = shape[d] == 0 ? 0 : flat / shape[d];
+  }
+  for (std::size_t d = 0; d < idx.size() && d < offsets.size(); ++d) idx[d] += offsets[d];
+  return idx;
+}
+
+struct Where {
+  at::IntArrayRef shape;
+  const std::vector<std::int64_t>* offsets;
+};
+
+// Records mismatch `i` (flat index in the piece) with difference `diff` (NaN when a NaN is
+// involved) against reference value `ref`.
+void record(MismatchStats& s, const Where& w, std::int64_t flat, double diff, double ref,
+            const std::string& expected, const std::string& actual) {
+  const int cls = std::isnan(diff) ? 2 : (std::isinf(diff) ? 1 : 0);
+  if (s.bad == 0) {
+    s.first = {global_index(flat, w.shape, *w.offsets), expected, actual};
+  }
+  if (s.bad == 0 || cls > s.worst_class || (cls == s.worst_class && diff > s.worst_abs)) {
+    s.worst = {global_index(flat, w.shape, *w.offsets), expected, actual};
+    s.worst_class = cls;
+    s.worst_abs = diff;
+  }
+  if (!std::isnan(diff)) {
+    const double rel = ref == 0 ? (diff == 0 ? 0 : INFINITY) : diff / std::abs(ref);
+    if (!std::isnan(rel) && rel > s.max_rel) s.max_rel = rel;
+  }
+  ++s.bad;
+}
+
+template <typename T>
+constexpr bool kFloatLike = std::is_floating_point_v<T> || std::is_same_v<T, c10::Half> ||
+                            std::is_same_v<T, c10::BFloat16>;
+
+// |a - e| <= atol + rtol * |e|, identical values (infinities included) always close, a NaN only
+// close to a NaN with equal_nan.
+template <typename T>
+inline bool close(T a, T e, const ScanTolerance& t, bool exact) {
+  if constexpr (!kFloatLike<T>) {
+    if (exact) return a == e;
+  }
+  const double x = static_cast<double>(a);
+  const double y = static_cast<double>(e);
+  const double diff = std::abs(x - y);
+  const double bound = t.atol + t.rtol * std::abs(y);
+  return (x == y) | ((diff <= bound) & (std::abs(y) < INFINITY)) |
+         (t.equal_nan & (x != x) & (y != y));
+}
+
+template <typename T>
+void scan_block(const T* e, const T* a, std::int64_t n, std::int64_t base, const ScanTolerance& t,
+                const Where& w, MismatchStats& s) {
+  const bool exact = !kFloatLike<T> && t.rtol == 0 && t.atol == 0;
+  std::int64_t bad = 0;
+  for (std::int64_t i = 0; i < n; ++i) bad += close(a[i], e[i], t, exact) ? 0 : 1;
+  s.checked += n;
+  if (bad == 0) return;
+  for (std::int64_t i = 0; i < n; ++i) {
+    if (close(a[i], e[i], t, exact)) continue;
+    const double x = static_cast<double>(a[i]);
+    const double y = static_cast<double>(e[i]);
+    record(s, w, base + i, std::abs(x - y), y, value_text(e[i]), value_text(a[i]));
+  }
+}
+
+// Complex tensors: the same rule on complex doubles, through ATen (blocks are small).
+void scan_complex_block(const at::Tensor& e, const at::Tensor& a, std::int64_t base,
+                        const ScanTolerance& t, const Where& w, MismatchStats& s) {
+  const at::Tensor ew = e.to(at::kComplexDouble);
+  const at::Tensor aw = a.to(at::kComplexDouble);
+  const at::Tensor diff = (ew - aw).abs();
+  at::Tensor ok = (diff <= t.atol + t.rtol * ew.abs()) & at::isfinite(ew) & at::isfinite(aw);
+  ok = ok | (ew == aw);
+  if (t.equal_nan) ok = ok | (at::isnan(ew) & at::isnan(aw));
+  s.checked += e.numel();
+  const at::Tensor bad_idx = (~ok).nonzero();
+  if (bad_idx.numel() == 0) return;
+  const auto* ep = ew.data_ptr<c10::complex<double>>();
+  const auto* ap = aw.data_ptr<c10::complex<double>>();
+  const auto* dp = diff.data_ptr<double>();
+  for (std::int64_t k = 0; k < bad_idx.size(0); ++k) {
+    const std::int64_t i = bad_idx[k][0].item<std::int64_t>();
+    record(s, w, base + i, dp[i], std::abs(ep[i]), complex_text(ep[i]), complex_text(ap[i]));
+  }
+}
+
+void scan_flat(const at::Tensor& e, const at::Tensor& a, std::int64_t base, const ScanTolerance& t,
+               const Where& w, MismatchStats& s) {
+  at::Tensor ec = e;
+  at::Tensor ac = a;
+  if (ec.scalar_type() != ac.scalar_type()) {
+    const bool complex = ec.is_complex() || ac.is_complex();
+    const bool integral = !at::isFloatingType(ec.scalar_type()) &&
+                          !at::isFloatingType(ac.scalar_type()) && !complex;
+    const auto common = complex ? at::kComplexDouble : (integral ? at::kLong : at::kDouble);
+    ec = ec.to(common);
+    ac = ac.to(common);
+  }
+  if (ec.is_complex()) return scan_complex_block(ec, ac, base, t, w, s);
+  AT_DISPATCH_ALL_TYPES_AND3(at::kHalf, at::kBFloat16, at::kBool, ec.scalar_type(), "scan", [&] {
+    scan_block<scalar_t>(ec.data_ptr<scalar_t>(), ac.data_ptr<scalar_t>(), ec.numel(), base, t,
+                         w, s);
+  });
+}
+
+}  // namespace
+
+void MismatchStats::merge(const MismatchStats& o) {
+  checked += o.checked;
+  if (o.bad == 0) return;
+  if (bad == 0 || index_less(o.first.index, first.index)) first = o.first;
+  const bool worse = o.worst_class > worst_class ||
+                     (o.worst_class == worst_class &&
+                      (o.worst_abs > worst_abs ||
+                       (o.worst_abs == worst_abs && index_less(o.worst.index, worst.index))));
+  if (bad == 0 || worse) {
+    worst = o.worst;
+    worst_class = o.worst_class;
+    worst_abs = o.worst_abs;
+  }
+  if (o.max_rel > max_rel) max_rel = o.max_rel;
+  bad += o.bad;
+}
+
+MismatchStats scan(const at::Tensor& expected, const at::Tensor& actual, const ScanTolerance& tol,
+                   const std::vector<std::int64_t>& offsets) {
+  MismatchStats s;
+  const Where w{actual.sizes(), &offsets};
+  const std::int64_t n = actual.numel();
+  if (n == 0) return s;
+  const bool flat_ok = expected.is_contiguous() && actual.is_contiguous() &&
+                       expected.device().is_cpu() && actual.device().is_cpu();
+  if (flat_ok) {
+    const at::Tensor e = expected.reshape({-1});
+    const at::Tensor a = actual.reshape({-1});
+    for (std::int64_t base = 0; base < n; base += kBlock) {
+      const std::int64_t len = std::min(kBlock, n - base);
+      scan_flat(e.narrow(0, base, len), a.narrow(0, base, len), base, tol, w, s);
+    }
+    return s;
+  }
+  // Strided or on another device: whole rows (of dim 0) at a time, copied to contiguous CPU.
+  const at::Tensor e = expected.dim() == 0 ? expected.reshape({1}) : expected;
+  const at::Tensor a = actual.dim() == 0 ? actual.reshape({1}) : actual;
+  const std::int64_t rows = e.size(0);
+  const std::int64_t row_numel = n / rows;
+  const std::int64_t step = std::max<std::int64_t>(1, kBlock / std::max<std::int64_t>(1, row_numel));
+  for (std::int64_t r = 0; r < rows; r += step) {
+    const std::int64_t k = std::min(step, rows - r);
+    const at::Tensor eb = e.narrow(0, r, k).cpu().contiguous().reshape({-1});
+    const at::Tensor ab = a.narrow(0, r, k).cpu().contiguous().reshape({-1});
+    scan_flat(eb, ab, r * row_numel, tol, w, s);
+  }
+  return s;
+}
+
+std::string describe(const MismatchStats& s) {
+  std::ostringstream os;
+  os.precision(6);
+  os << s.bad << " of " << s.checked << " elements differ ("
+     << 100.0 * static_cast<double>(s.bad) / static_cast<double>(std::max<std::int64_t>(1, s.checked))
+     << "%); first at " << shape_text(s.first.index) << " (expected " << s.first.expected
+     << ", got " << s.first.actual << "); max abs diff " << s.worst_abs << " at "
+     << shape_text(s.worst.index) << " (expected " << s.worst.expected << ", got "
+     << s.worst.actual << "); max rel diff " << s.max_rel;
+  return os.str();
+}
+
+}  // namespace c10dtest::detail

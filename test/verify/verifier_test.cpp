@@ -1,0 +1,375 @@
+// The state-dict verifier at 1, 2 and 4 ranks: both strategies on the same inputs give the same
+// verdict and the same message; diagnostics name key, ranks, shard, indices and values.
+#include <ATen/ATen.h>
+#include <c10dtest/c10dtest.hpp>
+#include <c10dtest/verify.hpp>
+#include <gmock/gmock.h>
+#include <gtest/gtest-spi.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/optim/adam.h>
+
+namespace {
+
+using c10dtest::DeviceMesh;
+using c10dtest::DTensor;
+using c10dtest::Replicate;
+using c10dtest::Shard;
+using c10dtest::StateDict;
+using c10dtest::StateList;
+using c10dtest::VerifyOptions;
+using c10dtest::VerifyStrategy;
+using ::testing::HasSubstr;
+
+class Verifier : public c10dtest::DistributedTest, public c10dtest::VerifyStateDictMixin {
+ protected:
+  // A reference dict with awkward shapes and a sharded copy of it: uneven Shard(0), Shard(1),
+  // Replicate, a 2-D mesh (when the world is even), a ShardedTensor with two shards per rank
+  // along dim 1, a plain tensor, an integer tensor, scalars, a nested dict and lists.
+  void SetUp() override {
+    DistributedTest::SetUp();
+    const auto mesh = DeviceMesh::create({world_size()});
+    add("w.rows", at::randn({7, 5}), [&](const at::Tensor& t) {
+      return c10dtest::distribute_tensor(t, mesh, {Shard{0}});
+    });
+    add("w.cols", at::randn({3, 9}, at::kDouble), [&](const at::Tensor& t) {
+      return c10dtest::distribute_tensor(t, mesh, {Shard{1}});
+    });
+    add("w.replicated", at::randn({4}), [&](const at::Tensor& t) {
+      return c10dtest::distribute_tensor(t, mesh, {Replicate{}});
+    });
+    add("w.bf16", at::randn({6, 2}).to(at::kBFloat16), [&](const at::Tensor& t) {
+      return c10dtest::distribute_tensor(t, mesh, {Shard{0}});
+    });
+    if (world_size() % 2 == 0) {
+      const auto mesh2 = DeviceMesh::create({2, world_size() / 2});
+      add("w.hsdp", at::randn({10, 3}), [&](const at::Tensor& t) {
+        return c10dtest::distribute_tensor(t, mesh2, {Replicate{}, Shard{0}});
+      });
+    }
+    {
+      const at::Tensor full = at::randn({4, 2 * world_size() + 1});
+      reference_.insert("w.sharded", full);
+      std::vector<c10dtest::LocalShard> shards;
+      const std::int64_t c0 = 2 * rank();
+      shards.push_back({full.narrow(1, c0, 1).clone(), {{0, c0}, {4, 1}, rank()}});
+      const std::int64_t len = rank() == world_size() - 1 ? 2 : 1;
+      shards.push_back({full.narrow(1, c0 + 1, len).clone(), {{0, c0 + 1}, {4, len}, rank()}});
+      dist_.insert("w.sharded", c10dtest::ShardedTensor::from_local_shards(
+                                    shards, {4, 2 * world_size() + 1}, process_group()));
+    }
+    const at::Tensor plain = at::randn({2, 2});
+    reference_.insert("plain", plain);
+    dist_.insert("plain", plain.clone());
+    const at::Tensor ids = at::arange(12, at::kLong);
+    reference_.insert("ids", ids);
+    dist_.insert("ids", c10dtest::distribute_tensor(ids, mesh, {Shard{0}}));
+    StateDict nested;
+    nested.insert("step", std::int64_t{3});
+    nested.insert("lr", 0.25);
+    nested.insert("betas", StateList{0.9, 0.999});
+    reference_.insert("opt", nested);
+    dist_.insert("opt", nested);
+  }
+
+  template <typename F>
+  void add(const std::string& key, const at::Tensor& full, F&& shard) {
+    reference_.insert(key, full);
+    dist_.insert(key, shard(full));
+  }
+
+  // The message of a verification with `strategy` (empty when it passes); with `only_rank0`
+  // the other ranks pass an empty reference.
+  std::string run(const StateDict& dist, VerifyStrategy strategy, bool only_rank0 = false,
+                  VerifyOptions options = {}) {
+    options.strategy = strategy;
+    const StateDict empty;
+    const auto r = c10dtest::verify_state_dict(only_rank0 && rank() != 0 ? empty : reference_,
+                                               dist, options);
+    return r ? std::string() : std::string(r.message());
+  }
+
+  // The three ways to run: every strategy must give `expected` (or, when empty, pass).
+  void expect_everywhere(const StateDict& dist, const std::string& expected_part) {
+    const std::string local = run(dist, VerifyStrategy::kShardLocal);
+    const std::string gathered = run(dist, VerifyStrategy::kGather);
+    const std::string to_rank0 = run(dist, VerifyStrategy::kAuto, /*only_rank0=*/true);
+    if (expected_part.empty()) {
+      EXPECT_EQ(local, "");
+    } else {
+      EXPECT_THAT(local, HasSubstr(expected_part));
+    }
+    EXPECT_EQ(gathered, local);
+    EXPECT_EQ(to_rank0, local);
+  }
+
+  // `dist_` with element `index` of `key`'s local piece changed on `on_rank`.
+  StateDict corrupted(const std::string& key, int on_rank, double delta) {
+    StateDict d = dist_;
+    if (rank() == on_rank) {
+      auto& v = d.at(key);
+      at::Tensor local = v.is<DTensor>() ? v.as<DTensor>().local() : v.as<at::Tensor>();
+      if (local.numel() > 0) {
+        at::Tensor changed = local.clone();
+        changed.view({-1})[0] += delta;
+        if (v.is<DTensor>()) {
+          const auto& dt = v.as<DTensor>();
+          v = DTensor(changed, dt.mesh(), dt.placements(), dt.global_shape());
+        } else {
+          v = changed;
+        }
+      }
+    }
+    return d;
+  }
+
+  StateDict reference_;
+  StateDict dist_;
+};
+
+TEST_F(Verifier, CorrectShardsPassWithEveryStrategy) {
+  expect_everywhere(dist_, "");
+  EXPECT_TRUE(verify_msd(reference_, dist_));
+  C10DTEST_EXPECT_STATE_DICT_MATCHES(reference_, dist_);
+  EXPECT_THAT(dist_, c10dtest::StateDictMatches(reference_));
+}
+
+TEST_F(Verifier, OneWrongElementIsNamedWithRankShardAndGlobalIndex) {
+  const int last = world_size() - 1;
+  const auto d = corrupted("w.rows", last, 0.5);
+  const auto& dt = dist_.at("w.rows").as<DTensor>();
+  const auto offsets = dt.global_offset_of(last);
+  if (dt.local_shape_of(last)[0] == 0) GTEST_SKIP() << "the last rank holds no rows";
+  const std::string where = world_size() == 1
+                                ? "'w.rows' (DTensor [7, 5] Float [Shard(0)])"
+                                : "'w.rows' (DTensor [7, 5] Float [Shard(0)]) on rank " +
+                                      std::to_string(last);
+  expect_everywhere(d, where);
+  const std::string msg = run(d, VerifyStrategy::kShardLocal);
+  EXPECT_THAT(msg, HasSubstr("reference: 1 of "));
+  EXPECT_THAT(msg, HasSubstr("1 of " + std::to_string(dt.local_shape_of(last)[0] * 5) +
+                             " elements differ"));
+  EXPECT_THAT(msg, HasSubstr("first at [" + std::to_string(offsets[0]) + ", 0]"));
+  EXPECT_THAT(msg, HasSubstr("max abs diff 0.5"));
+  EXPECT_THAT(msg, HasSubstr("allowed: atol 1e-05 + rtol 1.3e-06 * |expected|"));
+}
+
+TEST_F(Verifier, DivergentReplicaIsCaught) {
+  C10DTEST_REQUIRE_WORLD_SIZE(2);
+  const auto d = corrupted("w.replicated", 1, 1.0);
+  expect_everywhere(d, "'w.replicated' (DTensor [4] Float [Replicate()]) on rank 1: 1 of 4 "
+                       "elements differ");
+}
+
+TEST_F(Verifier, WrongValuesOnSeveralRanksAreCountedTogether) {
+  C10DTEST_REQUIRE_WORLD_SIZE(2);
+  StateDict d = dist_;
+  // Every rank's piece of the plain tensor and of the integer tensor is wrong.
+  d.insert("plain", reference_.at("plain").as<at::Tensor>() + 1.0);
+  const auto& ids = d.at("ids").as<DTensor>();
+  d.insert("ids", DTensor(ids.local() + 1, ids.mesh(), ids.placements(), ids.global_shape()));
+  const std::string msg = run(d, VerifyStrategy::kShardLocal);
+  EXPECT_THAT(msg, HasSubstr("'plain' (Tensor [2, 2] Float) on every rank: " +
+                             std::to_string(4 * world_size()) + " of " +
+                             std::to_string(4 * world_size()) + " elements differ"));
+  EXPECT_THAT(msg, HasSubstr("'ids' (DTensor [12] Long [Shard(0)]) on every rank (first in the "
+                             "shard of rank 0 at offsets [0], sizes ["));
+  EXPECT_THAT(msg, HasSubstr("12 of 12 elements differ"));
+  EXPECT_THAT(msg, HasSubstr("allowed: atol 0 + rtol 0"));
+  expect_everywhere(d, "reference: 2 of ");
+}
+
+TEST_F(Verifier, MissingUnexpectedAndPlainValuesAreListed) {
+  StateDict d = dist_;
+  d.rename("w.cols", "w.columns");
+  d.at("opt").as<StateDict>().insert("step", std::int64_t{2});
+  d.at("opt").as<StateDict>().insert("betas", StateList{0.9, 0.99});
+  const std::string msg = run(d, VerifyStrategy::kShardLocal);
+  EXPECT_THAT(msg, HasSubstr("keys differ (1 missing), 1 unexpected"));
+  EXPECT_THAT(msg, HasSubstr("missing key(s): 'w.cols'"));
+  EXPECT_THAT(msg, HasSubstr("unexpected key(s): 'w.columns'"));
+  EXPECT_THAT(msg, HasSubstr("'opt.step': 2 vs expected 3"));
+  EXPECT_THAT(msg, HasSubstr("'opt.betas': [0.9, 0.99] vs expected [0.9, 0.999]"));
+  expect_everywhere(d, "'opt.step'");
+}
+
+TEST_F(Verifier, ShapeDtypeAndTilingFaultsAreReportedAsSuch) {
+  StateDict d = dist_;
+  const auto mesh = DeviceMesh::create({world_size()});
+  d.insert("w.rows", c10dtest::distribute_tensor(at::zeros({7, 6}), mesh, {Shard{0}}));
+  d.insert("plain", reference_.at("plain").as<at::Tensor>().to(at::kDouble));
+  // Shards that leave the last column uncovered (the last rank's second shard is one too short).
+  const at::Tensor full = reference_.at("w.sharded").as<at::Tensor>();
+  std::vector<c10dtest::LocalShard> shards;
+  const std::int64_t c0 = 2 * rank();
+  shards.push_back({full.narrow(1, c0, 2).clone(), {{0, c0}, {4, 2}, rank()}});
+  d.insert("w.sharded", c10dtest::ShardedTensor::from_local_shards(
+                            shards, {4, 2 * world_size() + 1}, process_group()));
+  const std::string msg = run(d, VerifyStrategy::kShardLocal);
+  EXPECT_THAT(msg, HasSubstr("'w.rows' (DTensor [7, 6] Float [Shard(0)]) shape [7, 6] vs "
+                             "expected [7, 5]"));
+  EXPECT_THAT(msg, HasSubstr("'plain' (Tensor [2, 2] Double) dtype Double vs expected Float"));
+  EXPECT_THAT(msg, HasSubstr("'w.sharded' (ShardedTensor [4, " +
+                             std::to_string(2 * world_size() + 1) + "] Float " +
+                             std::to_string(world_size()) +
+                             " shards) shards do not tile the tensor"));
+  expect_everywhere(d, "reference: 3 of ");
+}
+
+TEST_F(Verifier, ManyBadKeysGiveABoundedMessage) {
+  StateDict ref;
+  StateDict d;
+  for (int i = 0; i < 300; ++i) {
+    const at::Tensor t = at::full({1000}, static_cast<float>(i));
+    ref.insert("layer" + std::to_string(i) + ".weight", t);
+    d.insert("layer" + std::to_string(i) + ".weight", t + 1);
+  }
+  for (int i = 0; i < 100; ++i) d.insert("extra" + std::to_string(i), std::int64_t{i});
+  const auto r = c10dtest::verify_state_dict(ref, d);
+  ASSERT_FALSE(r);
+  const std::string msg = r.message();
+  EXPECT_THAT(msg, HasSubstr("300 of 300 keys differ, 100 unexpected"));
+  EXPECT_THAT(msg, HasSubstr("... and 80 more"));
+  EXPECT_THAT(msg, HasSubstr("... and 290 more keys differ: 'layer10.weight'"));
+  EXPECT_LT(msg.size(), 6000u) << msg;
+}
+
+TEST_F(Verifier, ShardLocalNeedsTheReferenceEverywhere) {
+  C10DTEST_REQUIRE_WORLD_SIZE(2);
+  const std::string msg = run(dist_, VerifyStrategy::kShardLocal, /*only_rank0=*/true);
+  EXPECT_THAT(msg, HasSubstr("shard-local verification needs the reference on every rank"));
+}
+
+TEST_F(Verifier, ToleranceOverridesAndNan) {
+  StateDict d = corrupted("plain", 0, 1e-3);
+  EXPECT_FALSE(c10dtest::verify_state_dict(reference_, d));
+  VerifyOptions loose;
+  loose.compare.rtol = 0.0;
+  loose.compare.atol = 1e-2;
+  EXPECT_TRUE(c10dtest::verify_state_dict(reference_, d, loose));
+  StateDict ref;
+  ref.insert("x", at::full({3}, NAN));
+  StateDict nan_dist;
+  nan_dist.insert("x", c10dtest::distribute_tensor(at::full({3}, NAN),
+                                                   DeviceMesh::create({world_size()}), {Shard{0}}));
+  EXPECT_FALSE(c10dtest::verify_state_dict(ref, nan_dist));
+  VerifyOptions nan_ok;
+  nan_ok.compare.equal_nan = true;
+  EXPECT_TRUE(c10dtest::verify_state_dict(ref, nan_dist, nan_ok));
+}
+
+TEST_F(Verifier, MacrosAndMatchersReportTheSameMessage) {
+  const auto d = corrupted("plain", 0, 3.0);
+  EXPECT_NONFATAL_FAILURE(C10DTEST_EXPECT_STATE_DICT_MATCHES(reference_, d),
+                          "'plain' (Tensor [2, 2] Float)");
+  EXPECT_NONFATAL_FAILURE(EXPECT_THAT(d, c10dtest::StateDictMatches(reference_)),
+                          "max abs diff 3");
+  const at::Tensor full = reference_.at("w.rows").as<at::Tensor>();
+  C10DTEST_EXPECT_TENSOR_MATCHES(full, dist_.at("w.rows"));
+  EXPECT_TRUE(compare_tensor(full, dist_.at("w.rows")));
+  EXPECT_THAT(dist_.at("w.rows"), c10dtest::TensorMatches(full));
+  EXPECT_FALSE(compare_tensor(full + 1, dist_.at("w.rows")));
+}
+
+// The optimizer side: real values compared, ids mapped to FQNs, param groups checked.
+class VerifyOsd : public c10dtest::DistributedTest, public c10dtest::VerifyStateDictMixin {
+ protected:
+  void SetUp() override {
+    DistributedTest::SetUp();
+    model_ = torch::nn::Linear(6, 4);
+    optim_ = std::make_unique<torch::optim::Adam>(model_->parameters(),
+                                                  torch::optim::AdamOptions(0.01));
+    for (int i = 0; i < 2; ++i) {
+      optim_->zero_grad();
+      model_->forward(at::randn({3, 6})).sum().backward();
+      optim_->step();
+    }
+    osd_ = c10dtest::get_optimizer_state_dict(*model_, *optim_);
+    // The distributed copy: every state tensor sharded on dim 0.
+    const auto mesh = DeviceMesh::create({world_size()});
+    dist_ = osd_;
+    auto& state = dist_.at("state").as<StateDict>();
+    for (std::size_t i = 0; i < state.size(); ++i) {
+      auto& per_param = state.value(i).as<StateDict>();
+      for (std::size_t j = 0; j < per_param.size(); ++j) {
+        auto& v = per_param.value(j);
+        if (v.is<at::Tensor>() && v.as<at::Tensor>().dim() > 0) {
+          v = c10dtest::distribute_tensor(v.as<at::Tensor>(), mesh, {Shard{0}});
+        }
+      }
+    }
+  }
+  torch::nn::Linear model_{nullptr};
+  std::unique_ptr<torch::optim::Adam> optim_;
+  StateDict osd_;
+  StateDict dist_;
+};
+
+TEST_F(VerifyOsd, ShardedStateMatchesAndLoads) {
+  EXPECT_TRUE(verify_osd(*model_, *optim_, osd_, dist_));
+  EXPECT_TRUE(verify_osd(*model_, *optim_, dist_));
+  torch::optim::Adam fresh(model_->parameters(), torch::optim::AdamOptions(0.5));
+  EXPECT_TRUE(verify_osd_by_load(*model_, *optim_, fresh, dist_));
+}
+
+TEST_F(VerifyOsd, WrongStateValueIsNamedWithItsStateKey) {
+  StateDict d = dist_;
+  auto& v = d.at("state").as<StateDict>().at("weight").as<StateDict>().at("exp_avg");
+  const auto& dt = v.as<DTensor>();
+  if (rank() == 0) {
+    v = DTensor(dt.local() * 2 + 1, dt.mesh(), dt.placements(), dt.global_shape());
+  }
+  const auto r = verify_osd(*model_, *optim_, osd_, d);
+  ASSERT_FALSE(r);
+  EXPECT_THAT(r.message(), HasSubstr("'state.weight.exp_avg' (DTensor [4, 6] Float [Shard(0)])"));
+}
+
+TEST_F(VerifyOsd, ParamGroupHyperparametersAndParamsAreCompared) {
+  StateDict d = dist_;
+  auto& group = d.at("param_groups").as<StateList>()[0].as<StateDict>();
+  group.insert("lr", 0.02);
+  group.insert("params", StateList{std::string("weight"), std::string("weights")});
+  const auto r = verify_osd(*model_, *optim_, osd_, d);
+  ASSERT_FALSE(r);
+  EXPECT_THAT(r.message(), HasSubstr("'param_groups.0.lr': 0.02 vs expected 0.01"));
+  EXPECT_THAT(r.message(), HasSubstr("'param_groups.0.params': lacks 'bias'; has extra 'weights'"));
+}
+
+TEST_F(VerifyOsd, ParameterIdsMapToFqns) {
+  // PyTorch's optimizer.state_dict() form: state keyed by parameter id, params as ids.
+  StateDict by_id;
+  StateDict state;
+  const auto& fqn_state = osd_.at("state").as<StateDict>();
+  state.insert("0", fqn_state.at("weight"));
+  state.insert("1", fqn_state.at("bias"));
+  by_id.insert("state", state);
+  StateDict group = osd_.at("param_groups").as<StateList>()[0].as<StateDict>();
+  group.insert("params", StateList{std::int64_t{1}, std::int64_t{0}});
+  by_id.insert("param_groups", StateList{group});
+  EXPECT_TRUE(verify_osd(*model_, *optim_, by_id, dist_));
+  state.insert("7", fqn_state.at("bias"));
+  by_id.insert("state", state);
+  const auto r = verify_osd(*model_, *optim_, by_id, dist_);
+  ASSERT_FALSE(r);
+  EXPECT_THAT(r.message(), HasSubstr("parameter id 7 is not one of the optimizer's 2"));
+}
+
+TEST_F(VerifyOsd, IgnoreFrozenParamsStillComparesWhatIsPresent) {
+  model_->bias.requires_grad_(false);
+  StateDict msd = c10dtest::get_model_state_dict(*model_);
+  StateDict dist = msd;
+  dist.erase("bias");
+  VerifyOptions o;
+  EXPECT_FALSE(verify_msd(*model_, dist, o));  // bias missing
+  o.ignore_frozen_params = true;
+  EXPECT_TRUE(verify_msd(*model_, dist, o));
+  dist.insert("weight", msd.at("weight").as<at::Tensor>() * 2);
+  const auto r = verify_msd(*model_, dist, o);
+  ASSERT_FALSE(r);
+  EXPECT_THAT(r.message(), HasSubstr("'weight' (Tensor [4, 6] Float)"));
+  // A missing parameter that is not frozen is still missing.
+  dist = msd;
+  dist.erase("weight");
+  EXPECT_THAT(verify_msd(*model_, dist, o).message(), HasSubstr("missing key(s): 'weight'"));
+}
+
+}  // namespace
