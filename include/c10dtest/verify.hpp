@@ -66,7 +66,7 @@ struct VerifyOptions {
   std::size_t max_reported_keys = 10;
   // Gather strategy: bytes a rank sends per batch (bounds the receiving rank's memory to about
   // world size times this).
-  std::int64_t gather_batch_bytes = std::int64_t{256} << 20;
+  std::int64_t gather_batch_bytes = std::int64_t{64} << 20;
 };
 
 // Collective over the world. Compares every value of `dist` with the value under the same key in

@@ -262,7 +262,18 @@ struct Finding {
   std::vector<std::int64_t> first_offsets;  // the piece holding stats.first
   std::vector<std::int64_t> first_sizes;
   bool whole = true;  // that piece is the whole tensor
+  // kValues, before prune(): where `text` comes from once the key turns out to differ.
+  const LeafInfo* leaf = nullptr;
+  detail::ScanTolerance tol;
 };
+
+Finding finding(const std::string& path, Kind kind, std::string text = "") {
+  Finding f;
+  f.path = path;
+  f.kind = kind;
+  f.text = std::move(text);
+  return f;
+}
 
 std::string hex_double(double v) {
   char buf[64];
@@ -379,6 +390,13 @@ std::string string_list_diff(const StateList& expected, const std::vector<std::s
   return out;
 }
 
+// "DTensor [7, 5] Float [Shard(0)]".
+std::string leaf_text(const LeafInfo& leaf) {
+  return leaf.type + " " + shape_text(leaf.shape) + " " +
+         c10::toString(static_cast<at::ScalarType>(leaf.dtype)) +
+         (leaf.layout.empty() ? "" : " " + leaf.layout);
+}
+
 // Findings for one rank (`leaves`, from that rank), in reference order, then unexpected keys in
 // the rank's order. Value comparisons are appended to `comparisons`.
 std::vector<Finding> check_rank(const std::vector<LeafInfo>& leaves, const Reference& ref, const VerifyOptions& options,
@@ -388,13 +406,13 @@ std::vector<Finding> check_rank(const std::vector<LeafInfo>& leaves, const Refer
   for (std::size_t i = 0; i < leaves.size(); ++i) index[leaves[i].path] = i;
   const std::set<std::string> frozen(options.frozen_keys.begin(), options.frozen_keys.end());
   auto problem = [&](const std::string& path, const std::string& text) {
-    findings.push_back({path, Kind::kProblem, text, {}, {}, {}, true});
+    findings.push_back(finding(path, Kind::kProblem, text));
   };
   for (const auto& [path, expected_value] : ref.leaves) {
     const auto it = index.find(path);
     if (it == index.end()) {
       if (!(options.ignore_frozen_params && frozen.count(path) != 0)) {
-        findings.push_back({path, Kind::kMissing, "", {}, {}, {}, true});
+        findings.push_back(finding(path, Kind::kMissing));
       }
       continue;
     }
@@ -429,26 +447,24 @@ std::vector<Finding> check_rank(const std::vector<LeafInfo>& leaves, const Refer
       problem(path, "the reference tensor is undefined");
       continue;
     }
-    std::string describe = leaf.type + " " + shape_text(leaf.shape) + " " +
-                           c10::toString(static_cast<at::ScalarType>(leaf.dtype)) +
-                           (leaf.layout.empty() ? "" : " " + leaf.layout);
+    auto describe = [&leaf] { return leaf_text(leaf); };
     if (!leaf.problem.empty()) {
-      problem(path, "(" + describe + ") " + leaf.problem);
+      problem(path, "(" + describe() + ") " + leaf.problem);
       continue;
     }
     if (leaf.shape != expected.sizes().vec()) {
-      problem(path, "(" + describe + ") shape " + shape_text(leaf.shape) + " vs expected " +
+      problem(path, "(" + describe() + ") shape " + shape_text(leaf.shape) + " vs expected " +
                         shape_text(expected.sizes()));
       continue;
     }
     const auto dtype = static_cast<at::ScalarType>(leaf.dtype);
     if (options.compare.check_dtype && dtype != expected.scalar_type()) {
-      problem(path, "(" + describe + ") dtype " + c10::toString(dtype) + " vs expected " +
+      problem(path, "(" + describe() + ") dtype " + c10::toString(dtype) + " vs expected " +
                         c10::toString(expected.scalar_type()));
       continue;
     }
     if (options.check_device && leaf.device != expected.device().str()) {
-      problem(path, "(" + describe + ") device " + leaf.device + " vs expected " +
+      problem(path, "(" + describe() + ") device " + leaf.device + " vs expected " +
                         expected.device().str());
       continue;
     }
@@ -463,19 +479,21 @@ std::vector<Finding> check_rank(const std::vector<LeafInfo>& leaves, const Refer
         in = p.offsets[d] >= 0 && p.sizes[d] >= 0 && p.offsets[d] + p.sizes[d] <= leaf.shape[d];
       }
       if (!in) {
-        problem(path, "(" + describe + ") a shard at offsets " + shape_text(p.offsets) +
+        problem(path, "(" + describe() + ") a shard at offsets " + shape_text(p.offsets) +
                           ", sizes " + shape_text(p.sizes) + " lies outside the tensor");
         bounds_ok = false;
         break;
       }
     }
     if (!bounds_ok) continue;
-    findings.push_back({path, Kind::kValues, describe + "; " + tolerance_text(tol), {}, {}, {},
-                        true});
+    findings.push_back(finding(path, Kind::kValues));
+    findings.back().leaf = &leaf;
+    findings.back().tol = tol;
     for (std::size_t pi = 0; pi < leaf.pieces.size(); ++pi) {
       const auto& p = leaf.pieces[pi];
       at::Tensor slice = expected;
       for (std::size_t d = 0; d < p.offsets.size(); ++d) {
+        if (p.offsets[d] == 0 && p.sizes[d] == leaf.shape[d]) continue;
         slice = slice.narrow(static_cast<std::int64_t>(d), p.offsets[d], p.sizes[d]);
       }
       comparisons->push_back({findings.size() - 1, it->second, pi, slice, tol});
@@ -483,7 +501,7 @@ std::vector<Finding> check_rank(const std::vector<LeafInfo>& leaves, const Refer
   }
   for (const auto& leaf : leaves) {
     if (ref.by_path.count(leaf.path) == 0) {
-      findings.push_back({leaf.path, Kind::kUnexpected, "", {}, {}, {}, true});
+      findings.push_back(finding(leaf.path, Kind::kUnexpected));
     }
   }
   return findings;
@@ -504,13 +522,18 @@ void apply(Finding& f, const MismatchStats& s, const Piece& p, const std::vector
   f.stats.merge(s);
 }
 
-// Drops value findings that found nothing.
+// Drops value findings that found nothing and writes the others' descriptions.
 void prune(std::vector<Finding>& findings) {
   findings.erase(std::remove_if(findings.begin(), findings.end(),
                                 [](const Finding& f) {
                                   return f.kind == Kind::kValues && f.stats.bad == 0;
                                 }),
                  findings.end());
+  for (auto& f : findings) {
+    if (f.kind == Kind::kValues && f.leaf != nullptr) {
+      f.text = leaf_text(*f.leaf) + "; " + tolerance_text(f.tol);
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -787,33 +810,39 @@ std::vector<std::vector<Finding>> gather_and_check(const std::vector<LeafInfo>& 
     return report({shard_local(mine, ref, options)}, reference_keys, options);
   }
   World& world = World::instance();
-  const std::vector<std::string> holders = world.control().all_gather(
-      world.next_tag("verify-holders"), reference.empty() ? "0" : "1", exchange_timeout());
+  const VerifyStrategy asked = effective_strategy(options);
+  // One exchange settles the common case: every rank holds a reference and sends its shard-local
+  // findings with the flag ("1" + findings; "0" from a rank without a reference, or when the
+  // gather strategy is asked for).
+  const bool try_local = asked != VerifyStrategy::kGather && !reference.empty();
+  const std::vector<std::string> first = world.control().all_gather(
+      world.next_tag("verify"),
+      try_local ? "1" + encode_findings(shard_local(mine, ref, options), reference_keys)
+                : std::string(reference.empty() ? "0" : "h"),
+      exchange_timeout());
   std::vector<int> without;
   int root = -1;
   for (int r = 0; r < size; ++r) {
-    if (holders[static_cast<std::size_t>(r)] == "1") {
-      if (root < 0) root = r;
-    } else {
+    const char flag = first[static_cast<std::size_t>(r)].empty() ? '0'
+                                                                  : first[static_cast<std::size_t>(r)][0];
+    if (flag == '0') {
       without.push_back(r);
+    } else if (root < 0) {
+      root = r;
     }
   }
-  VerifyStrategy strategy = effective_strategy(options);
-  if (strategy == VerifyStrategy::kAuto) {
-    strategy = without.empty() ? VerifyStrategy::kShardLocal : VerifyStrategy::kGather;
-  }
-  if (strategy == VerifyStrategy::kShardLocal && !without.empty()) {
+  const bool all_local = std::all_of(first.begin(), first.end(), [](const std::string& p) {
+    return !p.empty() && p[0] == '1';
+  });
+  if (asked == VerifyStrategy::kShardLocal && !without.empty()) {
     return ::testing::AssertionFailure()
            << "shard-local verification needs the reference on every rank; "
            << ranks_text(without, size) << " passed an empty reference (use the gather strategy)";
   }
   std::vector<std::string> payloads;
   std::int64_t keys = reference_keys;
-  if (strategy == VerifyStrategy::kShardLocal) {
-    payloads = world.control().all_gather(
-        world.next_tag("verify-findings"),
-        encode_findings(shard_local(mine, ref, options), reference_keys),
-        exchange_timeout());
+  if (all_local) {
+    for (const auto& p : first) payloads.push_back(p.substr(1));
   } else {
     if (root < 0) root = 0;
     const auto by_rank = gather_and_check(mine, reference, options, root);
