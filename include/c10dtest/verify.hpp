@@ -29,6 +29,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <ostream>
 #include <string>
 #include <vector>
@@ -62,6 +63,9 @@ struct VerifyOptions {
   // A device difference between a reference and a distributed value fails the key (else values
   // on different devices are compared on CPU).
   bool check_device = false;
+  // Only these ranks' dicts are compared with the reference; the others must pass an empty dict
+  // (full_state_dict with cpu_offload leaves the whole dict on rank 0 and nothing elsewhere).
+  std::optional<std::vector<int>> ranks;
   // Keys reported in full; the rest are counted and named (up to 20 names).
   std::size_t max_reported_keys = 10;
   // Gather strategy: bytes a rank sends per batch (bounds the receiving rank's memory to about

@@ -399,9 +399,20 @@ std::string leaf_text(const LeafInfo& leaf) {
 
 // Findings for one rank (`leaves`, from that rank), in reference order, then unexpected keys in
 // the rank's order. Value comparisons are appended to `comparisons`.
-std::vector<Finding> check_rank(const std::vector<LeafInfo>& leaves, const Reference& ref, const VerifyOptions& options,
+std::vector<Finding> check_rank(int rank, const std::vector<LeafInfo>& leaves,
+                                const Reference& ref, const VerifyOptions& options,
                                 std::vector<Comparison>* comparisons) {
   std::vector<Finding> findings;
+  if (options.ranks &&
+      std::find(options.ranks->begin(), options.ranks->end(), rank) == options.ranks->end()) {
+    if (!leaves.empty()) {
+      findings.push_back(finding(leaves[0].path, Kind::kProblem,
+                                 "is one of " + std::to_string(leaves.size()) +
+                                     " keys on a rank whose dict should be empty "
+                                     "(VerifyOptions::ranks)"));
+    }
+    return findings;
+  }
   std::map<std::string, std::size_t> index;
   for (std::size_t i = 0; i < leaves.size(); ++i) index[leaves[i].path] = i;
   const std::set<std::string> frozen(options.frozen_keys.begin(), options.frozen_keys.end());
@@ -662,10 +673,10 @@ VerifyStrategy effective_strategy(const VerifyOptions& options) {
   return parse_verify_strategy(World::instance().options().verify_strategy);
 }
 
-std::vector<Finding> shard_local(const std::vector<LeafInfo>& leaves, const Reference& ref,
-                                 const VerifyOptions& options) {
+std::vector<Finding> shard_local(int rank, const std::vector<LeafInfo>& leaves,
+                                 const Reference& ref, const VerifyOptions& options) {
   std::vector<Comparison> comparisons;
-  std::vector<Finding> findings = check_rank(leaves, ref, options, &comparisons);
+  std::vector<Finding> findings = check_rank(rank, leaves, ref, options, &comparisons);
   for (const auto& c : comparisons) {
     const LeafInfo& leaf = leaves[c.leaf];
     const Piece& p = leaf.pieces[c.piece];
@@ -731,7 +742,7 @@ std::vector<std::vector<Finding>> gather_and_check(const std::vector<LeafInfo>& 
   Reference ref(reference);
   if (rank == root) {
     for (int r = 0; r < size; ++r) {
-      findings.push_back(check_rank(leaves[static_cast<std::size_t>(r)], ref, options,
+      findings.push_back(check_rank(r, leaves[static_cast<std::size_t>(r)], ref, options,
                                     &comparisons[static_cast<std::size_t>(r)]));
     }
   }
@@ -807,7 +818,7 @@ std::vector<std::vector<Finding>> gather_and_check(const std::vector<LeafInfo>& 
   const Reference ref(reference);
   const auto reference_keys = static_cast<std::int64_t>(ref.leaves.size());
   if (!distributed) {
-    return report({shard_local(mine, ref, options)}, reference_keys, options);
+    return report({shard_local(rank, mine, ref, options)}, reference_keys, options);
   }
   World& world = World::instance();
   const VerifyStrategy asked = effective_strategy(options);
@@ -817,7 +828,7 @@ std::vector<std::vector<Finding>> gather_and_check(const std::vector<LeafInfo>& 
   const bool try_local = asked != VerifyStrategy::kGather && !reference.empty();
   const std::vector<std::string> first = world.control().all_gather(
       world.next_tag("verify"),
-      try_local ? "1" + encode_findings(shard_local(mine, ref, options), reference_keys)
+      try_local ? "1" + encode_findings(shard_local(rank, mine, ref, options), reference_keys)
                 : std::string(reference.empty() ? "0" : "h"),
       exchange_timeout());
   std::vector<int> without;
