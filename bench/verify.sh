@@ -3,10 +3,4 @@
 # over each rank's shard bytes, gather against one raw allgather of them, with each rank's extra
 # peak memory. Needs about 10 GiB of memory at 4 ranks.
 # Usage: bench/verify.sh [RANKS]   (builds first; RANKS defaults to 4)
-set -euo pipefail
-cd "$(dirname "$0")/.."
-ranks=${1:-4}
-scripts/install-deps.sh
-scripts/build.sh verify_bench >/dev/null
-scripts/mpirun.sh -np "$ranks" "${C10DTEST_BUILD_DIR:-build}/bench/verify_bench" --gtest_brief=1 \
-  --c10dtest_timeout=1800 | grep -vE "^\[|^$"
+exec "$(dirname "$0")/run-suite.sh" verify_bench "${1:-4}" 1800

@@ -173,8 +173,8 @@ const char* to_string(Parallelism kind) {
 DataParallelTrainer::DataParallelTrainer(ModelSpec spec, Parallelism kind,
                                          OptimizerFactory make_optimizer)
     : spec_(std::move(spec)), kind_(kind) {
-  model_ = spec_.make();
-  params_ = unique_named_parameters(*model_);
+  module_ = spec_.make();
+  params_ = unique_named_parameters(*module_);
   if (kind_ != Parallelism::Local) {
     const std::int64_t world = World::instance().world_size();
     std::vector<Placement> sharded{Shard{0}};
@@ -201,11 +201,11 @@ DataParallelTrainer::DataParallelTrainer(ModelSpec spec, Parallelism kind,
       by_impl.emplace(p.unsafeGetTensorImpl(), layout);
     }
     // Every name of a tied parameter gets its layout.
-    for (const auto& p : model_->named_parameters()) {
+    for (const auto& p : module_->named_parameters()) {
       layouts_[p.key()] = by_impl.at(p.value().unsafeGetTensorImpl());
     }
   }
-  optimizer_ = make_optimizer(*model_);
+  optimizer_ = make_optimizer(*module_);
 }
 
 void DataParallelTrainer::unshard() {
@@ -271,7 +271,7 @@ void DataParallelTrainer::step(const at::Tensor& input) {
   const bool sharded = kind_ == Parallelism::FSDP || kind_ == Parallelism::HSDP;
   if (sharded) unshard();
   try {
-    const at::Tensor loss = spec_.forward(*model_, batch).sum();
+    const at::Tensor loss = spec_.forward(*module_, batch).sum();
     if (loss.requires_grad()) loss.backward();
   } catch (...) {
     // Leave the parameters holding their pieces.
@@ -287,22 +287,22 @@ void DataParallelTrainer::step(const at::Tensor& input) {
   optimizer_->step();
 }
 
-StateDict DataParallelTrainer::model_state_dict(const StateDictOptions& options) const {
-  return get_model_state_dict(*model_, options, layouts_);
+StateDict TrainedModel::model_state_dict(const StateDictOptions& options) const {
+  return get_model_state_dict(*module_, options, layouts_);
 }
 
-StateDict DataParallelTrainer::optimizer_state_dict(const StateDictOptions& options) const {
-  return get_optimizer_state_dict(*model_, *optimizer_, options, layouts_);
+StateDict TrainedModel::optimizer_state_dict(const StateDictOptions& options) const {
+  return get_optimizer_state_dict(*module_, *optimizer_, options, layouts_);
 }
 
-LoadResult DataParallelTrainer::load_model_state_dict(const StateDict& sd,
-                                                      const StateDictOptions& options) {
-  return set_model_state_dict(*model_, sd, options, layouts_);
+LoadResult TrainedModel::load_model_state_dict(const StateDict& sd,
+                                               const StateDictOptions& options) {
+  return set_model_state_dict(*module_, sd, options, layouts_);
 }
 
-void DataParallelTrainer::load_optimizer_state_dict(const StateDict& osd,
-                                                    const StateDictOptions& options) {
-  set_optimizer_state_dict(*model_, *optimizer_, osd, options, layouts_);
+void TrainedModel::load_optimizer_state_dict(const StateDict& osd,
+                                             const StateDictOptions& options) {
+  set_optimizer_state_dict(*module_, *optimizer_, osd, options, layouts_);
 }
 
 // ---- tensor parallel ---------------------------------------------------------------------------
@@ -322,6 +322,7 @@ TensorParallelTrainer::TensorParallelTrainer(std::int64_t in, std::int64_t hidde
                                              std::int64_t out, OptimizerFactory make_optimizer,
                                              bool local)
     : model_(in, hidden, out) {
+  module_ = model_.ptr();
   if (!local) {
     mesh_ = DeviceMesh::create({World::instance().world_size()});
     layouts_["fc.weight"] = {mesh_, {Shard{0}}, {hidden, in}};
@@ -342,24 +343,6 @@ void TensorParallelTrainer::step(const at::Tensor& input) {
   const at::Tensor loss = model_->forward(input).sum();
   if (loss.requires_grad()) loss.backward();
   optimizer_->step();
-}
-
-StateDict TensorParallelTrainer::model_state_dict(const StateDictOptions& options) const {
-  return get_model_state_dict(*model_, options, layouts_);
-}
-
-StateDict TensorParallelTrainer::optimizer_state_dict(const StateDictOptions& options) const {
-  return get_optimizer_state_dict(*model_, *optimizer_, options, layouts_);
-}
-
-LoadResult TensorParallelTrainer::load_model_state_dict(const StateDict& sd,
-                                                        const StateDictOptions& options) {
-  return set_model_state_dict(*model_, sd, options, layouts_);
-}
-
-void TensorParallelTrainer::load_optimizer_state_dict(const StateDict& osd,
-                                                      const StateDictOptions& options) {
-  set_optimizer_state_dict(*model_, *optimizer_, osd, options, layouts_);
 }
 
 }  // namespace c10dtest::testing

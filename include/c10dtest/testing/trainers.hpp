@@ -80,8 +80,35 @@ enum class Parallelism {
 // "Local", "DDP", "FSDP", "HSDP".
 const char* to_string(Parallelism kind);
 
+// What both trainers share: the trained module, its optimizer, the mesh and the layouts, and
+// state-dict access through them.
+class TrainedModel {
+ public:
+  torch::optim::Optimizer& optimizer() { return *optimizer_; }
+  const torch::optim::Optimizer& optimizer() const { return *optimizer_; }
+  // The parallel mesh (nullptr for the local reference).
+  const std::shared_ptr<const DeviceMesh>& mesh() const { return mesh_; }
+  // Layouts of every parameter path (a tied parameter under each of its names); empty for the
+  // local reference.
+  const ParamLayouts& layouts() const { return layouts_; }
+
+  // get_model_state_dict / get_optimizer_state_dict with layouts(): DTensor values for the
+  // parallel kinds (collective with full_state_dict).
+  StateDict model_state_dict(const StateDictOptions& options = {}) const;
+  StateDict optimizer_state_dict(const StateDictOptions& options = {}) const;
+  // set_model_state_dict / set_optimizer_state_dict with layouts().
+  LoadResult load_model_state_dict(const StateDict& sd, const StateDictOptions& options = {});
+  void load_optimizer_state_dict(const StateDict& osd, const StateDictOptions& options = {});
+
+ protected:
+  std::shared_ptr<torch::nn::Module> module_;
+  std::unique_ptr<torch::optim::Optimizer> optimizer_;
+  std::shared_ptr<const DeviceMesh> mesh_;
+  ParamLayouts layouts_;
+};
+
 // Data-parallel training of a ModelSpec.
-class DataParallelTrainer {
+class DataParallelTrainer : public TrainedModel {
  public:
   // Builds the model with spec.make(), lays it out for `kind` and builds the optimizer over the
   // laid-out parameters (so its state has the parameters' local shapes). Collective except for
@@ -97,22 +124,8 @@ class DataParallelTrainer {
 
   Parallelism kind() const { return kind_; }
   // The module; for FSDP and HSDP its parameters hold this rank's pieces (between steps).
-  torch::nn::Module& model() { return *model_; }
-  const torch::nn::Module& model() const { return *model_; }
-  torch::optim::Optimizer& optimizer() { return *optimizer_; }
-  const torch::optim::Optimizer& optimizer() const { return *optimizer_; }
-  // The data-parallel mesh (nullptr for Local).
-  const std::shared_ptr<const DeviceMesh>& mesh() const { return mesh_; }
-  // Layouts of every parameter path (a tied parameter under each of its names); empty for Local.
-  const ParamLayouts& layouts() const { return layouts_; }
-
-  // get_model_state_dict / get_optimizer_state_dict with layouts(): DTensor values for the
-  // parallel kinds (collective with full_state_dict).
-  StateDict model_state_dict(const StateDictOptions& options = {}) const;
-  StateDict optimizer_state_dict(const StateDictOptions& options = {}) const;
-  // set_model_state_dict / set_optimizer_state_dict with layouts().
-  LoadResult load_model_state_dict(const StateDict& sd, const StateDictOptions& options = {});
-  void load_optimizer_state_dict(const StateDict& osd, const StateDictOptions& options = {});
+  torch::nn::Module& model() { return *module_; }
+  const torch::nn::Module& model() const { return *module_; }
 
  private:
   void unshard();
@@ -120,10 +133,6 @@ class DataParallelTrainer {
 
   ModelSpec spec_;
   Parallelism kind_;
-  std::shared_ptr<torch::nn::Module> model_;
-  std::unique_ptr<torch::optim::Optimizer> optimizer_;
-  std::shared_ptr<const DeviceMesh> mesh_;
-  ParamLayouts layouts_;
   // Unique parameters, each with its first path, and their local pieces while unsharded.
   std::vector<std::pair<std::string, at::Tensor>> params_;
   std::vector<at::Tensor> saved_pieces_;
@@ -145,7 +154,7 @@ class TpMlpImpl : public torch::nn::Module {
 TORCH_MODULE(TpMlp);
 
 // Tensor-parallel training of a TpMlp over a 1-D world mesh; every rank runs the whole batch.
-class TensorParallelTrainer {
+class TensorParallelTrainer : public TrainedModel {
  public:
   // `local`: the reference, a plain TpMlp (no communication, no layouts). Otherwise the MLP is
   // built, split into this rank's pieces (collective: the mesh) and the optimizer is built over
@@ -157,25 +166,13 @@ class TensorParallelTrainer {
   void step(const at::Tensor& input);
 
   bool local() const { return !mesh_; }
+  // Layouts: "fc.weight" [Shard(0)], "fc.bias" [Shard(0)], "fc1.weight" [Shard(1)], "fc1.bias"
+  // [Replicate].
   TpMlp& model() { return model_; }
   const TpMlp& model() const { return model_; }
-  torch::optim::Optimizer& optimizer() { return *optimizer_; }
-  const torch::optim::Optimizer& optimizer() const { return *optimizer_; }
-  const std::shared_ptr<const DeviceMesh>& mesh() const { return mesh_; }
-  // "fc.weight" [Shard(0)], "fc.bias" [Shard(0)], "fc1.weight" [Shard(1)], "fc1.bias"
-  // [Replicate]; empty for the reference.
-  const ParamLayouts& layouts() const { return layouts_; }
-
-  StateDict model_state_dict(const StateDictOptions& options = {}) const;
-  StateDict optimizer_state_dict(const StateDictOptions& options = {}) const;
-  LoadResult load_model_state_dict(const StateDict& sd, const StateDictOptions& options = {});
-  void load_optimizer_state_dict(const StateDict& osd, const StateDictOptions& options = {});
 
  private:
   TpMlp model_{nullptr};
-  std::unique_ptr<torch::optim::Optimizer> optimizer_;
-  std::shared_ptr<const DeviceMesh> mesh_;
-  ParamLayouts layouts_;
 };
 
 }  // namespace c10dtest::testing
