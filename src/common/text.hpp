@@ -1,4 +1,4 @@
-// Private: how c10dtest writes shapes and offsets in messages ("[7, 5]").
+// Private: how c10dtest writes shapes, offsets and rank lists in messages ("[7, 5]", "ranks 0, 2").
 #pragma once
 
 #include <c10/util/ArrayRef.h>
@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <sstream>
 #include <string>
+#include <vector>
 
 namespace c10dtest::detail {
 
@@ -15,6 +16,13 @@ inline std::string shape_text(c10::ArrayRef<std::int64_t> values) {
   for (std::size_t i = 0; i < values.size(); ++i) os << (i ? ", " : "") << values[i];
   os << ']';
   return os.str();
+}
+
+// "rank 2" or "ranks 0, 1, 3".
+inline std::string rank_list(const std::vector<int>& ranks) {
+  std::string s = ranks.size() == 1 ? "rank " : "ranks ";
+  for (std::size_t i = 0; i < ranks.size(); ++i) s += (i ? ", " : "") + std::to_string(ranks[i]);
+  return s;
 }
 
 }  // namespace c10dtest::detail

@@ -10,6 +10,7 @@
 
 #include "c10dtest/error.hpp"
 #include "c10dtest/world.hpp"
+#include "common/text.hpp"
 #include "internal.hpp"
 
 namespace c10dtest::detail {
@@ -45,11 +46,7 @@ std::string fnv1a(const std::string& s) {
 }
 
 std::string ranks_text(const std::vector<int>& ranks, int world_size) {
-  std::ostringstream os;
-  os << (ranks.size() == 1 ? "rank " : "ranks ");
-  for (std::size_t i = 0; i < ranks.size(); ++i) os << (i ? ", " : "") << ranks[i];
-  os << " of " << world_size;
-  return os.str();
+  return detail::rank_list(ranks) + " of " + std::to_string(world_size);
 }
 
 std::string plural(int n, const char* word) {
@@ -293,9 +290,7 @@ void DistributedListener::OnTestSuiteEnd(const ::testing::TestSuite& suite) {
 void DistributedListener::print_failure(const std::string& name, const std::vector<int>& ranks,
                                         const FailurePart& f) {
   print_tag(color_, Color::kRed, "[  FAILED  ] ");
-  std::string who = ranks.size() == 1 ? "rank " : "ranks ";
-  for (std::size_t i = 0; i < ranks.size(); ++i) who += (i ? ", " : "") + std::to_string(ranks[i]);
-  std::printf("%s (%s of %d): ", name.c_str(), who.c_str(), world_.world_size());
+  std::printf("%s (%s): ", name.c_str(), ranks_text(ranks, world_.world_size()).c_str());
   if (f.line >= 0) std::printf("%s:%d: ", f.file.c_str(), f.line);
   const bool multi_line = f.message.find('\n') != std::string::npos;
   std::printf("%s%s\n", multi_line ? "Failure\n" : "", f.message.c_str());

@@ -4,26 +4,15 @@
 #include <map>
 #include <unordered_map>
 
-#include "c10dtest/control_plane.hpp"
 #include "c10dtest/distributed_state_dict.hpp"
 #include "c10dtest/model_state_dict.hpp"
 #include "c10dtest/optimizer_state_dict.hpp"
 #include "c10dtest/verify.hpp"
-#include "c10dtest/world.hpp"
+#include "exchange.hpp"
 
 namespace c10dtest {
 
 namespace {
-
-bool distributed() { return World::initialized() && World::instance().world_size() > 1; }
-
-// Every rank's `value` (just this one's outside a distributed run). Collective.
-std::vector<std::string> exchange(const std::string& what, const std::string& value) {
-  if (!distributed()) return {value};
-  World& w = World::instance();
-  return w.control().all_gather(w.next_tag(what), value,
-                                w.options().effective_collective_timeout());
-}
 
 // FQN of every parameter of `optimizer`, in the order of its param groups chained (PyTorch's
 // parameter ids).
@@ -204,7 +193,8 @@ namespace detail {
     error = e.what();
   }
   // Every rank learns whether the reference could be read and how many groups it has.
-  const auto all = exchange("verify-osd", error.empty() ? std::to_string(groups) : "!" + error);
+  const auto all =
+      detail::exchange_text("verify-osd", error.empty() ? std::to_string(groups) : "!" + error);
   std::vector<std::string> errors;
   for (const auto& a : all) {
     errors.push_back(a.rfind('!', 0) == 0 ? a.substr(1) : "");
@@ -278,7 +268,7 @@ namespace detail {
   } catch (const Error& e) {
     error = e.what();
   }
-  const auto errors = exchange("verify-osd-load", error);
+  const auto errors = detail::exchange_text("verify-osd-load", error);
   if (any_error(errors)) {
     return failure_on_some_rank("loading the gathered optimizer state dict", errors);
   }

@@ -195,10 +195,11 @@ void scan_flat(const at::Tensor& e, const at::Tensor& a, std::int64_t base, cons
 
 }  // namespace
 
-void MismatchStats::merge(const MismatchStats& o) {
+bool MismatchStats::merge(const MismatchStats& o) {
   checked += o.checked;
-  if (o.bad == 0) return;
-  if (bad == 0 || index_less(o.first.index, first.index)) first = o.first;
+  if (o.bad == 0) return false;
+  const bool takes_first = bad == 0 || index_less(o.first.index, first.index);
+  if (takes_first) first = o.first;
   const bool worse = o.worst_class > worst_class ||
                      (o.worst_class == worst_class &&
                       (o.worst_abs > worst_abs ||
@@ -210,6 +211,7 @@ void MismatchStats::merge(const MismatchStats& o) {
   }
   if (o.max_rel > max_rel) max_rel = o.max_rel;
   bad += o.bad;
+  return takes_first;
 }
 
 MismatchStats scan(const at::Tensor& expected, const at::Tensor& actual, const ScanTolerance& tol,

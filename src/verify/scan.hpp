@@ -37,8 +37,9 @@ struct MismatchStats {
   double max_rel = 0;   // over mismatches; NaN differences left out, x vs 0 is infinite
 
   // Folds `other` (another piece of the same tensor) in: counts add, first/worst are chosen as
-  // over the union, so the order of merging does not matter.
-  void merge(const MismatchStats& other);
+  // over the union, so the order of merging does not matter. True when `other`'s first
+  // mismatch became the first (callers keep where it came from).
+  bool merge(const MismatchStats& other);
 };
 
 // Compares `actual` with `expected` (same shape; dtypes may differ: then both are compared as

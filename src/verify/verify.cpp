@@ -20,6 +20,7 @@
 #include "c10dtest/world.hpp"
 #include "common/fields.hpp"
 #include "common/text.hpp"
+#include "exchange.hpp"
 #include "scan.hpp"
 
 namespace c10dtest {
@@ -37,6 +38,13 @@ VerifyStrategy parse_verify_strategy(const std::string& name) {
   if (name == "shard-local") return VerifyStrategy::kShardLocal;
   if (name == "gather") return VerifyStrategy::kGather;
   throw ConfigError("'" + name + "' is not a verify strategy (auto, shard-local or gather)");
+}
+
+std::vector<std::string> detail::exchange_text(const std::string& what, const std::string& value) {
+  if (!World::initialized() || World::instance().world_size() == 1) return {value};
+  World& w = World::instance();
+  return w.control().all_gather(w.next_tag(what), value,
+                                w.options().effective_collective_timeout());
 }
 
 namespace {
@@ -520,17 +528,11 @@ std::vector<Finding> check_rank(int rank, const std::vector<LeafInfo>& leaves,
 
 // Folds the result of comparing one piece into its finding.
 void apply(Finding& f, const MismatchStats& s, const Piece& p, const std::vector<std::int64_t>& shape) {
-  const bool takes_first = s.bad > 0 && (f.stats.bad == 0 || std::lexicographical_compare(
-                                                                 s.first.index.begin(),
-                                                                 s.first.index.end(),
-                                                                 f.stats.first.index.begin(),
-                                                                 f.stats.first.index.end()));
-  if (takes_first) {
+  if (f.stats.merge(s)) {
     f.first_offsets = p.offsets;
     f.first_sizes = p.sizes;
     f.whole = p.sizes == shape;
   }
-  f.stats.merge(s);
 }
 
 // Drops value findings that found nothing and writes the others' descriptions.
@@ -552,9 +554,7 @@ void prune(std::vector<Finding>& findings) {
 
 std::string ranks_text(const std::vector<int>& ranks, int world_size) {
   if (world_size > 1 && static_cast<int>(ranks.size()) == world_size) return "every rank";
-  std::string s = ranks.size() == 1 ? "rank " : "ranks ";
-  for (std::size_t i = 0; i < ranks.size(); ++i) s += (i ? ", " : "") + std::to_string(ranks[i]);
-  return s;
+  return detail::rank_list(ranks);
 }
 
 struct Merged {
@@ -580,17 +580,11 @@ struct Merged {
       }
       Merged& m = merged[it->second];
       m.ranks.push_back(r);
-      if (f.kind == Kind::kValues) {
-        const bool takes_first = std::lexicographical_compare(
-            f.stats.first.index.begin(), f.stats.first.index.end(),
-            m.finding.stats.first.index.begin(), m.finding.stats.first.index.end());
-        if (takes_first) {
-          m.first_rank = r;
-          m.finding.first_offsets = f.first_offsets;
-          m.finding.first_sizes = f.first_sizes;
-          m.finding.whole = f.whole;
-        }
-        m.finding.stats.merge(f.stats);
+      if (f.kind == Kind::kValues && m.finding.stats.merge(f.stats)) {
+        m.first_rank = r;
+        m.finding.first_offsets = f.first_offsets;
+        m.finding.first_sizes = f.first_sizes;
+        m.finding.whole = f.whole;
       }
     }
   }
@@ -687,22 +681,18 @@ std::vector<Finding> shard_local(int rank, const std::vector<LeafInfo>& leaves,
   return findings;
 }
 
-std::chrono::milliseconds exchange_timeout() {
-  return World::instance().options().effective_collective_timeout();
-}
 
 // Gather: every rank's pieces go to `root` in batches of about options.gather_batch_bytes per
 // rank; the root checks each rank's leaves as that rank would have. Returns the findings by rank
 // on the root, nothing elsewhere.
 std::vector<std::vector<Finding>> gather_and_check(const std::vector<LeafInfo>& mine,
-                                                   const StateDict& reference,
+                                                   const Reference& ref,
                                                    const VerifyOptions& options, int root) {
   World& world = World::instance();
   const int rank = world.rank();
   const int size = world.world_size();
   const std::vector<std::string> described =
-      world.control().all_gather(world.next_tag("verify-leaves"), encode_leaves(mine),
-                                 exchange_timeout());
+      detail::exchange_text("verify-leaves", encode_leaves(mine));
   std::vector<std::vector<LeafInfo>> leaves(static_cast<std::size_t>(size));
   for (int r = 0; r < size; ++r) {
     leaves[static_cast<std::size_t>(r)] =
@@ -739,7 +729,6 @@ std::vector<std::vector<Finding>> gather_and_check(const std::vector<LeafInfo>& 
 
   std::vector<std::vector<Finding>> findings;
   std::vector<std::vector<Comparison>> comparisons(static_cast<std::size_t>(size));
-  Reference ref(reference);
   if (rank == root) {
     for (int r = 0; r < size; ++r) {
       findings.push_back(check_rank(r, leaves[static_cast<std::size_t>(r)], ref, options,
@@ -814,23 +803,21 @@ std::vector<std::vector<Finding>> gather_and_check(const std::vector<LeafInfo>& 
   const bool distributed = World::initialized() && World::instance().world_size() > 1;
   const int rank = distributed ? World::instance().rank() : 0;
   const int size = distributed ? World::instance().world_size() : 1;
-  const std::vector<LeafInfo> mine = describe_dict(dist, World::initialized() ? rank : 0);
+  const std::vector<LeafInfo> mine = describe_dict(dist, rank);
   const Reference ref(reference);
   const auto reference_keys = static_cast<std::int64_t>(ref.leaves.size());
   if (!distributed) {
     return report({shard_local(rank, mine, ref, options)}, reference_keys, options);
   }
-  World& world = World::instance();
   const VerifyStrategy asked = effective_strategy(options);
   // One exchange settles the common case: every rank holds a reference and sends its shard-local
   // findings with the flag ("1" + findings; "0" from a rank without a reference, or when the
   // gather strategy is asked for).
   const bool try_local = asked != VerifyStrategy::kGather && !reference.empty();
-  const std::vector<std::string> first = world.control().all_gather(
-      world.next_tag("verify"),
+  const std::vector<std::string> first = detail::exchange_text(
+      "verify",
       try_local ? "1" + encode_findings(shard_local(rank, mine, ref, options), reference_keys)
-                : std::string(reference.empty() ? "0" : "h"),
-      exchange_timeout());
+                : std::string(reference.empty() ? "0" : "h"));
   std::vector<int> without;
   int root = -1;
   for (int r = 0; r < size; ++r) {
@@ -856,14 +843,13 @@ std::vector<std::vector<Finding>> gather_and_check(const std::vector<LeafInfo>& 
     for (const auto& p : first) payloads.push_back(p.substr(1));
   } else {
     if (root < 0) root = 0;
-    const auto by_rank = gather_and_check(mine, reference, options, root);
+    const auto by_rank = gather_and_check(mine, ref, options, root);
     std::string mine_payload;
     if (rank == root) {
       put_field(mine_payload, std::to_string(size));
       for (const auto& f : by_rank) put_field(mine_payload, encode_findings(f, reference_keys));
     }
-    const auto all = world.control().all_gather(world.next_tag("verify-findings"), mine_payload,
-                                                exchange_timeout());
+    const auto all = detail::exchange_text("verify-findings", mine_payload);
     detail::FieldReader r(all[static_cast<std::size_t>(root)], "verification findings");
     const auto n = r.number();
     for (long long i = 0; i < n; ++i) payloads.push_back(r.next());
