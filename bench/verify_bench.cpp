@@ -2,8 +2,10 @@
 // 16 KiB, float32, Shard(0) over the world), both strategies, beside the floors they are judged
 // against: one pass of memory reads over this rank's shard bytes, and one raw c10d allgather of
 // them. bench/verify.sh runs it at 4 ranks. Each time runs from a barrier that starts every rank
-// to a barrier after every rank is done (the slowest rank's, median of 3 runs); "extra peak" is
-// the largest growth of a rank's peak RSS during the call. Nothing is asserted.
+// to a barrier after every rank is done (the slowest rank's, median of 7 runs for the read pass
+// and shard-local, of 3 for the slow gathers); "extra peak" is the largest growth of a rank's
+// peak RSS during the call. A shard-local run over the 1,000 small keys alone gives the fixed
+// cost per key. Nothing is asserted.
 #include <ATen/ATen.h>
 #include <c10dtest/c10dtest.hpp>
 
@@ -54,10 +56,10 @@ class VerifyBench : public c10dtest::DistributedTest {
   }
 
   template <typename F>
-  Measure measure(F&& f) {
+  Measure measure(F&& f, int runs = 3) {
     std::vector<double> times;
     std::int64_t peak = 0;
-    for (int i = 0; i < 3; ++i) {
+    for (int i = 0; i < runs; ++i) {
       const std::int64_t before = status_bytes("VmRSS:");
       reset_peak();
       // From all ranks starting to all ranks done: the wall time of the step for the job.
@@ -70,7 +72,8 @@ class VerifyBench : public c10dtest::DistributedTest {
     }
     std::sort(times.begin(), times.end());
     // The slowest rank's figures.
-    std::vector<at::Tensor> t{at::tensor({times[1], static_cast<double>(peak)}, at::kDouble)};
+    std::vector<at::Tensor> t{
+        at::tensor({times[times.size() / 2], static_cast<double>(peak)}, at::kDouble)};
     c10d::AllreduceOptions max;
     max.reduceOp = c10d::ReduceOp::MAX;
     process_group()->allreduce(t, max)->wait();
@@ -82,6 +85,8 @@ TEST_F(VerifyBench, OneGibibyteStateDict) {
   const auto mesh = c10dtest::DeviceMesh::create({world_size()});
   c10dtest::StateDict reference;
   c10dtest::StateDict dist;
+  c10dtest::StateDict small_reference;  // the 1,000 small keys alone: the per-key fixed cost
+  c10dtest::StateDict small_dist;
   std::int64_t local_bytes = 0;
   std::vector<at::Tensor> locals;
   auto add = [&](const std::string& key, std::vector<std::int64_t> shape) {
@@ -92,6 +97,10 @@ TEST_F(VerifyBench, OneGibibyteStateDict) {
     locals.push_back(local);
     reference.insert(key, full);
     dist.insert(key, c10dtest::DTensor(local, mesh, d.placements(), d.global_shape()));
+    if (shape[0] == 64) {
+      small_reference.insert(key, full);
+      small_dist.insert(key, c10dtest::DTensor(local, mesh, d.placements(), d.global_shape()));
+    }
   };
   for (int i = 0; i < 4; ++i) add("big" + std::to_string(i) + ".weight", {8192, 8192});
   for (int i = 0; i < 1000; ++i) add("small" + std::to_string(i) + ".weight", {64, 64});
@@ -104,13 +113,16 @@ TEST_F(VerifyBench, OneGibibyteStateDict) {
     }
     volatile std::uint64_t sink = acc;
     (void)sink;
-  });
+  }, 7);
   c10dtest::VerifyOptions local_options;
   local_options.strategy = c10dtest::VerifyStrategy::kShardLocal;
   bool local_ok = true;
   const Measure shard_local = measure([&] {
     local_ok = local_ok && c10dtest::verify_state_dict(reference, dist, local_options);
-  });
+  }, 7);
+  const Measure small_keys = measure([&] {
+    local_ok = local_ok && c10dtest::verify_state_dict(small_reference, small_dist, local_options);
+  }, 7);
   c10dtest::VerifyOptions gather_options;
   gather_options.strategy = c10dtest::VerifyStrategy::kGather;
   bool gather_ok = true;
@@ -142,6 +154,8 @@ TEST_F(VerifyBench, OneGibibyteStateDict) {
                 static_cast<double>(shard_local.extra_peak) / mib,
                 100.0 * static_cast<double>(shard_local.extra_peak) /
                     static_cast<double>(local_bytes));
+    std::printf("shard-local, the 1,000 small keys alone  %.3f s  %.1f us per key\n",
+                small_keys.seconds, small_keys.seconds * 1e6 / 1000.0);
     std::printf("raw allgather             %.3f s\n", raw.seconds);
     std::printf("gather verify             %.3f s  %.2fx the raw allgather  extra peak %.1f MiB\n",
                 gather.seconds, gather.seconds / raw.seconds,

@@ -1,5 +1,6 @@
 #include "scan.hpp"
 
+#include <c10/core/GradMode.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
@@ -193,6 +194,28 @@ void scan_flat(const at::Tensor& e, const at::Tensor& a, std::int64_t base, cons
   });
 }
 
+// The common case, straight on the data (no tensor operations per block): `n` elements of
+// `actual`'s type at `e` and at actual's data.
+void scan_raw(const void* e, const at::Tensor& actual, std::int64_t n, const ScanTolerance& tol,
+              const Where& w, MismatchStats& s) {
+  AT_DISPATCH_ALL_TYPES_AND3(at::kHalf, at::kBFloat16, at::kBool, actual.scalar_type(), "scan",
+                             [&] {
+                               const auto* ep = static_cast<const scalar_t*>(e);
+                               const scalar_t* ap = actual.data_ptr<scalar_t>();
+                               for (std::int64_t base = 0; base < n; base += kBlock) {
+                                 scan_block<scalar_t>(ep + base, ap + base,
+                                                      std::min(kBlock, n - base), base, tol, w,
+                                                      s);
+                               }
+                             });
+}
+
+bool raw_ok(const at::Tensor& expected, const at::Tensor& actual) {
+  return expected.is_contiguous() && actual.is_contiguous() && expected.device().is_cpu() &&
+         actual.device().is_cpu() && expected.scalar_type() == actual.scalar_type() &&
+         !actual.is_complex();
+}
+
 }  // namespace
 
 bool MismatchStats::merge(const MismatchStats& o) {
@@ -220,22 +243,14 @@ MismatchStats scan(const at::Tensor& expected, const at::Tensor& actual, const S
   const Where w{actual.sizes(), &offsets};
   const std::int64_t n = actual.numel();
   if (n == 0) return s;
-  const bool flat_ok = expected.is_contiguous() && actual.is_contiguous() &&
-                       expected.device().is_cpu() && actual.device().is_cpu();
-  if (flat_ok && expected.scalar_type() == actual.scalar_type() && !actual.is_complex()) {
-    // The common case, straight on the data (no tensor operations per block).
-    AT_DISPATCH_ALL_TYPES_AND3(at::kHalf, at::kBFloat16, at::kBool, actual.scalar_type(), "scan",
-                               [&] {
-                                 const scalar_t* e = expected.data_ptr<scalar_t>();
-                                 const scalar_t* a = actual.data_ptr<scalar_t>();
-                                 for (std::int64_t base = 0; base < n; base += kBlock) {
-                                   scan_block<scalar_t>(e + base, a + base,
-                                                        std::min(kBlock, n - base), base, tol,
-                                                        w, s);
-                                 }
-                               });
+  if (raw_ok(expected, actual)) {
+    scan_raw(expected.data_ptr(), actual, n, tol, w, s);
     return s;
   }
+  // Views and copies below need no autograd history (parameters may require grad).
+  const c10::NoGradGuard no_grad;
+  const bool flat_ok = expected.is_contiguous() && actual.is_contiguous() &&
+                       expected.device().is_cpu() && actual.device().is_cpu();
   if (flat_ok) {
     const at::Tensor e = expected.reshape({-1});
     const at::Tensor a = actual.reshape({-1});
@@ -258,6 +273,41 @@ MismatchStats scan(const at::Tensor& expected, const at::Tensor& actual, const S
     scan_flat(eb, ab, r * row_numel, tol, w, s);
   }
   return s;
+}
+
+MismatchStats scan_piece(const at::Tensor& whole, const at::Tensor& actual,
+                         const ScanTolerance& tol, const std::vector<std::int64_t>& offsets) {
+  const auto shape = whole.sizes();
+  const auto sizes = actual.sizes();
+  if (offsets.size() == shape.size() && sizes.size() == shape.size() && raw_ok(whole, actual)) {
+    // The piece is one run of `whole`'s memory when every dim after the last partial one is
+    // whole and every dim before it has size 1: then no view is needed (Shard(0) pieces).
+    std::size_t partial = 0;  // one past the last partial dim
+    for (std::size_t d = 0; d < shape.size(); ++d) {
+      if (offsets[d] != 0 || sizes[d] != shape[d]) partial = d + 1;
+    }
+    bool run = true;
+    std::int64_t start = 0;
+    for (std::size_t d = 0; d < shape.size(); ++d) {
+      if (d + 1 < partial && sizes[d] != 1) run = false;
+      start += offsets[d] * whole.strides()[d];
+    }
+    if (run) {
+      MismatchStats s;
+      const std::int64_t n = actual.numel();
+      if (n == 0) return s;
+      const auto* base = static_cast<const char*>(whole.data_ptr()) +
+                         start * static_cast<std::int64_t>(whole.element_size());
+      scan_raw(base, actual, n, tol, Where{sizes, &offsets}, s);
+      return s;
+    }
+  }
+  at::Tensor slice = whole;
+  for (std::size_t d = 0; d < offsets.size() && d < sizes.size(); ++d) {
+    if (offsets[d] == 0 && sizes[d] == slice.size(static_cast<std::int64_t>(d))) continue;
+    slice = slice.narrow(static_cast<std::int64_t>(d), offsets[d], sizes[d]);
+  }
+  return scan(slice, actual, tol, offsets);
 }
 
 std::string describe(const MismatchStats& s) {

@@ -48,6 +48,12 @@ struct MismatchStats {
 MismatchStats scan(const at::Tensor& expected, const at::Tensor& actual, const ScanTolerance& tol,
                    const std::vector<std::int64_t>& offsets);
 
+// Compares `actual` with the piece of `whole` at `offsets` (of actual's sizes, inside `whole`),
+// as scan(whole's slice, actual, tol, offsets) does, without making a view when that piece is
+// one run of whole's memory.
+MismatchStats scan_piece(const at::Tensor& whole, const at::Tensor& actual,
+                         const ScanTolerance& tol, const std::vector<std::int64_t>& offsets);
+
 // "3 of 2500 elements differ (0.12%); first at [26, 3] (expected 1.25, got 1.75); max abs diff
 // 0.5 at [26, 3] (expected 1.25, got 1.75); max rel diff 0.4"
 std::string describe(const MismatchStats& s);

@@ -13,6 +13,8 @@
 #include <map>
 #include <set>
 #include <sstream>
+#include <string_view>
+#include <unordered_map>
 
 #include "../sharding/bytes.hpp"
 #include "c10dtest/control_plane.hpp"
@@ -68,8 +70,11 @@ struct LeafInfo {
   bool tensor = false;
   std::vector<std::int64_t> shape;
   int dtype = 0;
-  std::string device;
-  std::string layout;   // "[Shard(0)]", "3 shards", "" for a plain tensor
+  c10::Device device = c10::kCPU;
+  // "[Shard(0)]", "3 shards", "" for a plain tensor: see layout_of(). Written from `source` only
+  // when needed (a report or a gather): most keys never need it.
+  std::string layout;
+  const StateValue* source = nullptr;  // on the describing rank only
   std::string problem;  // a layout fault found by the owner (shards that do not tile, ...)
   std::string scalar;   // canonical text of a plain value
   std::vector<std::string> elements;  // of a list of plain values: each element's text
@@ -132,9 +137,20 @@ std::vector<std::int64_t> zeros_like_shape(at::IntArrayRef shape) {
   return std::vector<std::int64_t>(shape.size(), 0);
 }
 
+// The layout text of a leaf described here or received from another rank.
+std::string layout_of(const LeafInfo& leaf) {
+  if (leaf.source == nullptr || !leaf.layout.empty()) return leaf.layout;
+  if (leaf.source->is<DTensor>()) return to_string(leaf.source->as<DTensor>().placements());
+  if (leaf.source->is<ShardedTensor>()) {
+    return std::to_string(leaf.source->as<ShardedTensor>().metadata().shards.size()) + " shards";
+  }
+  return "";
+}
+
 LeafInfo describe_leaf(const std::string& path, const StateValue& v, int world_rank) {
   LeafInfo leaf;
   leaf.path = path;
+  leaf.source = &v;
   leaf.type = v.type_name();
   if (v.is<at::Tensor>()) {
     const at::Tensor& t = v.as<at::Tensor>();
@@ -145,15 +161,14 @@ LeafInfo describe_leaf(const std::string& path, const StateValue& v, int world_r
     }
     leaf.shape = t.sizes().vec();
     leaf.dtype = static_cast<int>(t.scalar_type());
-    leaf.device = t.device().str();
+    leaf.device = t.device();
     leaf.pieces.push_back({zeros_like_shape(t.sizes()), t.sizes().vec(), t});
   } else if (v.is<DTensor>()) {
     const DTensor& d = v.as<DTensor>();
     leaf.tensor = true;
     leaf.shape = d.global_shape();
     leaf.dtype = static_cast<int>(d.dtype());
-    leaf.device = d.local().device().str();
-    leaf.layout = to_string(d.placements());
+    leaf.device = d.local().device();
     for (const auto& p : d.placements()) {
       if (std::holds_alternative<Partial>(p)) {
         leaf.problem = "holds a Partial placement: verify its full_tensor() instead";
@@ -162,25 +177,26 @@ LeafInfo describe_leaf(const std::string& path, const StateValue& v, int world_r
     }
     const auto& ranks = d.mesh()->ranks();
     if (std::find(ranks.begin(), ranks.end(), world_rank) != ranks.end()) {
-      leaf.pieces.push_back({d.global_offset_of(world_rank), d.local_shape_of(world_rank),
-                             d.local()});
+      Piece piece;
+      detail::local_extent(d.global_shape(), d.placements(), *d.mesh(),
+                           d.mesh()->coordinate_of(world_rank), &piece.sizes, &piece.offsets);
+      piece.tensor = d.local();
+      leaf.pieces.push_back(std::move(piece));
     }
   } else if (v.is<ShardedTensor>()) {
     const ShardedTensor& s = v.as<ShardedTensor>();
     leaf.tensor = true;
     leaf.shape = s.metadata().global_shape;
     leaf.dtype = static_cast<int>(s.metadata().dtype);
-    leaf.layout = std::to_string(s.metadata().shards.size()) + " shards";
     try {
       validate_tiling(s.metadata(), s.process_group() ? s.process_group()->getSize() : 1);
     } catch (const ShardingError& e) {
       leaf.problem = std::string("shards do not tile the tensor: ") + e.what();
     }
     for (const auto& shard : s.local_shards()) {
-      if (leaf.device.empty()) leaf.device = shard.tensor.device().str();
+      if (leaf.pieces.empty()) leaf.device = shard.tensor.device();
       leaf.pieces.push_back({shard.metadata.offsets, shard.metadata.sizes, shard.tensor});
     }
-    if (leaf.device.empty()) leaf.device = "cpu";
   } else {
     leaf.scalar = v.is<StateDict>() ? "{}" : plain_text(v);
     if (v.is<StateList>()) {
@@ -192,8 +208,10 @@ LeafInfo describe_leaf(const std::string& path, const StateValue& v, int world_r
 }
 
 std::vector<LeafInfo> describe_dict(const StateDict& sd, int world_rank) {
+  const auto flat = flatten(sd);
   std::vector<LeafInfo> out;
-  for (const auto& [path, v] : flatten(sd)) out.push_back(describe_leaf(path, *v, world_rank));
+  out.reserve(flat.size());
+  for (const auto& [path, v] : flat) out.push_back(describe_leaf(path, *v, world_rank));
   return out;
 }
 
@@ -218,8 +236,8 @@ std::string encode_leaves(const std::vector<LeafInfo>& leaves) {
     put_field(out, l.tensor ? "1" : "0");
     put_ints(out, l.shape);
     put_field(out, std::to_string(l.dtype));
-    put_field(out, l.device);
-    put_field(out, l.layout);
+    put_field(out, l.device.str());
+    put_field(out, layout_of(l));
     put_field(out, l.problem);
     put_field(out, l.scalar);
     put_field(out, std::to_string(l.elements.size()));
@@ -242,7 +260,7 @@ std::vector<LeafInfo> decode_leaves(const std::string& data) {
     l.tensor = r.next() == "1";
     l.shape = read_ints(r);
     l.dtype = static_cast<int>(r.number());
-    l.device = r.next();
+    l.device = c10::Device(r.next());
     l.layout = r.next();
     l.problem = r.next();
     l.scalar = r.next();
@@ -270,9 +288,6 @@ struct Finding {
   std::vector<std::int64_t> first_offsets;  // the piece holding stats.first
   std::vector<std::int64_t> first_sizes;
   bool whole = true;  // that piece is the whole tensor
-  // kValues, before prune(): where `text` comes from once the key turns out to differ.
-  const LeafInfo* leaf = nullptr;
-  detail::ScanTolerance tol;
 };
 
 Finding finding(const std::string& path, Kind kind, std::string text = "") {
@@ -352,21 +367,111 @@ std::vector<Finding> decode_findings(const std::string& data, std::int64_t* refe
 // ---------------------------------------------------------------------------------------------
 // Checking one rank's leaves against the reference.
 
-struct Reference {
-  std::vector<std::pair<std::string, const StateValue*>> leaves;
-  std::map<std::string, const StateValue*> by_path;
-  explicit Reference(const StateDict& sd) : leaves(flatten(sd)) {
-    for (const auto& [p, v] : leaves) by_path[p] = v;
+// Finds paths among a list of leaves. Dicts usually list their keys in the same order as the
+// reference, so a cursor that expects the next leaf answers most lookups; a hash index is built
+// only when that guess fails.
+template <typename Leaves>
+class PathIndex {
+ public:
+  explicit PathIndex(const Leaves& leaves) : leaves_(leaves) {}
+
+  // A position of `path` (paths repeat only in odd dicts, such as one holding both "a.b" and
+  // "a" -> {"b"}), or npos.
+  std::size_t find(const std::string& path) {
+    if (index_.empty() && next_ < leaves_.size() && path_of(leaves_[next_]) == path) {
+      return next_++;
+    }
+    if (index_.empty()) {
+      index_.reserve(leaves_.size());
+      for (std::size_t i = 0; i < leaves_.size(); ++i) index_.emplace(path_of(leaves_[i]), i);
+    }
+    const auto it = index_.find(path);
+    return it == index_.end() ? npos : it->second;
   }
+
+  static constexpr std::size_t npos = static_cast<std::size_t>(-1);
+
+ private:
+  static std::string_view path_of(const LeafInfo& l) { return l.path; }
+  static std::string_view path_of(const std::pair<std::string, const StateValue*>& l) {
+    return l.first;
+  }
+  const Leaves& leaves_;
+  std::size_t next_ = 0;
+  std::unordered_map<std::string_view, std::size_t> index_;
 };
 
-// A value comparison check_rank() asks for: piece `piece` of leaf `leaf` against `expected`.
+struct Reference {
+  std::vector<std::pair<std::string, const StateValue*>> leaves;
+  explicit Reference(const StateDict& sd) : leaves(flatten(sd)) {}
+};
+
+// A key whose values check_rank() found comparable.
+struct ValueCheck {
+  std::size_t before;  // how many of the rank's other findings come before it in the report
+  std::size_t leaf;
+  detail::ScanTolerance tol;
+};
+
+// A value comparison check_rank() asks for: one piece of a check's leaf against the reference.
 struct Comparison {
-  std::size_t finding;  // index into the findings of that rank
+  std::size_t check;  // index into RankCheck::checks
   std::size_t leaf;
   std::size_t piece;
-  at::Tensor expected;  // the reference's matching slice
+  at::Tensor expected;  // the whole reference tensor (the piece's offsets place the slice)
   detail::ScanTolerance tol;
+};
+
+std::string tolerance_text(const detail::ScanTolerance& t);
+std::string leaf_text(const LeafInfo& leaf);
+
+// What check_rank() finds for one rank: the findings settled by the descriptions alone, and the
+// value comparisons still to run. Their results go to record(); finish() gives the rank's
+// findings in report order. A key whose values match costs no Finding (most keys, usually).
+struct RankCheck {
+  std::vector<Finding> findings;
+  std::vector<ValueCheck> checks;
+  std::vector<Comparison> comparisons;
+
+  void record(const Comparison& c, const std::vector<LeafInfo>& leaves, const MismatchStats& s) {
+    if (s.bad == 0) return;
+    Finding& f = failing[c.check];
+    const Piece& p = leaves[c.leaf].pieces[c.piece];
+    if (f.stats.merge(s)) {
+      f.first_offsets = p.offsets;
+      f.first_sizes = p.sizes;
+      f.whole = p.sizes == leaves[c.leaf].shape;
+    }
+  }
+
+  std::vector<Finding> finish(const std::vector<LeafInfo>& leaves) {
+    std::vector<Finding> out;
+    out.reserve(findings.size() + failing.size());
+    auto next = failing.begin();
+    for (std::size_t i = 0; i <= findings.size(); ++i) {
+      for (; next != failing.end() && checks[next->first].before == i; ++next) {
+        const ValueCheck& check = checks[next->first];
+        const LeafInfo& leaf = leaves[check.leaf];
+        Finding& f = next->second;
+        f.path = leaf.path;
+        f.kind = Kind::kValues;
+        f.text = leaf_text(leaf) + "; " + tolerance_text(check.tol);
+        // Every piece was compared, the matching ones too.
+        f.stats.checked = 0;
+        for (const auto& p : leaf.pieces) {
+          std::int64_t n = 1;
+          for (auto d : p.sizes) n *= d;
+          f.stats.checked += n;
+        }
+        out.push_back(std::move(f));
+      }
+      if (i < findings.size()) out.push_back(std::move(findings[i]));
+    }
+    return out;
+  }
+
+ private:
+  std::map<std::size_t, Finding> failing;  // by check
 };
 
 std::string tolerance_text(const detail::ScanTolerance& t) {
@@ -402,15 +507,18 @@ std::string string_list_diff(const StateList& expected, const std::vector<std::s
 std::string leaf_text(const LeafInfo& leaf) {
   return leaf.type + " " + shape_text(leaf.shape) + " " +
          c10::toString(static_cast<at::ScalarType>(leaf.dtype)) +
-         (leaf.layout.empty() ? "" : " " + leaf.layout);
+         [&] {
+           const std::string layout = layout_of(leaf);
+           return layout.empty() ? layout : " " + layout;
+         }();
 }
 
-// Findings for one rank (`leaves`, from that rank), in reference order, then unexpected keys in
-// the rank's order. Value comparisons are appended to `comparisons`.
-std::vector<Finding> check_rank(int rank, const std::vector<LeafInfo>& leaves,
-                                const Reference& ref, const VerifyOptions& options,
-                                std::vector<Comparison>* comparisons) {
-  std::vector<Finding> findings;
+// Checks one rank's leaves (`leaves`, from that rank) against the reference: findings in
+// reference order, then unexpected keys in the rank's order, with the value comparisons to run.
+RankCheck check_rank(int rank, const std::vector<LeafInfo>& leaves, const Reference& ref,
+                     const VerifyOptions& options) {
+  RankCheck result;
+  std::vector<Finding>& findings = result.findings;
   if (options.ranks &&
       std::find(options.ranks->begin(), options.ranks->end(), rank) == options.ranks->end()) {
     if (!leaves.empty()) {
@@ -419,23 +527,26 @@ std::vector<Finding> check_rank(int rank, const std::vector<LeafInfo>& leaves,
                                      " keys on a rank whose dict should be empty "
                                      "(VerifyOptions::ranks)"));
     }
-    return findings;
+    return result;
   }
-  std::map<std::string, std::size_t> index;
-  for (std::size_t i = 0; i < leaves.size(); ++i) index[leaves[i].path] = i;
+  result.checks.reserve(ref.leaves.size());
+  result.comparisons.reserve(ref.leaves.size());
+  PathIndex<std::vector<LeafInfo>> index(leaves);
+  std::vector<bool> matched(leaves.size(), false);
   const std::set<std::string> frozen(options.frozen_keys.begin(), options.frozen_keys.end());
   auto problem = [&](const std::string& path, const std::string& text) {
     findings.push_back(finding(path, Kind::kProblem, text));
   };
   for (const auto& [path, expected_value] : ref.leaves) {
-    const auto it = index.find(path);
-    if (it == index.end()) {
+    const std::size_t at = index.find(path);
+    if (at == PathIndex<std::vector<LeafInfo>>::npos) {
       if (!(options.ignore_frozen_params && frozen.count(path) != 0)) {
         findings.push_back(finding(path, Kind::kMissing));
       }
       continue;
     }
-    const LeafInfo& leaf = leaves[it->second];
+    matched[at] = true;
+    const LeafInfo& leaf = leaves[at];
     const StateValue& ev = *expected_value;
     if (ev.is<DTensor>() || ev.is<ShardedTensor>()) {
       problem(path, "the reference holds a " + std::string(ev.type_name()) +
@@ -471,7 +582,8 @@ std::vector<Finding> check_rank(int rank, const std::vector<LeafInfo>& leaves,
       problem(path, "(" + describe() + ") " + leaf.problem);
       continue;
     }
-    if (leaf.shape != expected.sizes().vec()) {
+    if (!std::equal(leaf.shape.begin(), leaf.shape.end(), expected.sizes().begin(),
+                    expected.sizes().end())) {
       problem(path, "(" + describe() + ") shape " + shape_text(leaf.shape) + " vs expected " +
                         shape_text(expected.sizes()));
       continue;
@@ -482,8 +594,8 @@ std::vector<Finding> check_rank(int rank, const std::vector<LeafInfo>& leaves,
                         c10::toString(expected.scalar_type()));
       continue;
     }
-    if (options.check_device && leaf.device != expected.device().str()) {
-      problem(path, "(" + describe() + ") device " + leaf.device + " vs expected " +
+    if (options.check_device && leaf.device != expected.device()) {
+      problem(path, "(" + describe() + ") device " + leaf.device.str() + " vs expected " +
                         expected.device().str());
       continue;
     }
@@ -505,48 +617,19 @@ std::vector<Finding> check_rank(int rank, const std::vector<LeafInfo>& leaves,
       }
     }
     if (!bounds_ok) continue;
-    findings.push_back(finding(path, Kind::kValues));
-    findings.back().leaf = &leaf;
-    findings.back().tol = tol;
+    result.checks.push_back({findings.size(), at, tol});
     for (std::size_t pi = 0; pi < leaf.pieces.size(); ++pi) {
-      const auto& p = leaf.pieces[pi];
-      at::Tensor slice = expected;
-      for (std::size_t d = 0; d < p.offsets.size(); ++d) {
-        if (p.offsets[d] == 0 && p.sizes[d] == leaf.shape[d]) continue;
-        slice = slice.narrow(static_cast<std::int64_t>(d), p.offsets[d], p.sizes[d]);
-      }
-      comparisons->push_back({findings.size() - 1, it->second, pi, slice, tol});
+      result.comparisons.push_back({result.checks.size() - 1, at, pi, expected, tol});
     }
   }
-  for (const auto& leaf : leaves) {
-    if (ref.by_path.count(leaf.path) == 0) {
-      findings.push_back(finding(leaf.path, Kind::kUnexpected));
+  // A leaf no reference key matched is unexpected, unless its path repeats one that did.
+  PathIndex<decltype(ref.leaves)> in_reference(ref.leaves);
+  for (std::size_t i = 0; i < leaves.size(); ++i) {
+    if (!matched[i] && in_reference.find(leaves[i].path) == PathIndex<decltype(ref.leaves)>::npos) {
+      findings.push_back(finding(leaves[i].path, Kind::kUnexpected));
     }
   }
-  return findings;
-}
-
-// Folds the result of comparing one piece into its finding.
-void apply(Finding& f, const MismatchStats& s, const Piece& p, const std::vector<std::int64_t>& shape) {
-  if (f.stats.merge(s)) {
-    f.first_offsets = p.offsets;
-    f.first_sizes = p.sizes;
-    f.whole = p.sizes == shape;
-  }
-}
-
-// Drops value findings that found nothing and writes the others' descriptions.
-void prune(std::vector<Finding>& findings) {
-  findings.erase(std::remove_if(findings.begin(), findings.end(),
-                                [](const Finding& f) {
-                                  return f.kind == Kind::kValues && f.stats.bad == 0;
-                                }),
-                 findings.end());
-  for (auto& f : findings) {
-    if (f.kind == Kind::kValues && f.leaf != nullptr) {
-      f.text = leaf_text(*f.leaf) + "; " + tolerance_text(f.tol);
-    }
-  }
+  return result;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -669,18 +752,13 @@ VerifyStrategy effective_strategy(const VerifyOptions& options) {
 
 std::vector<Finding> shard_local(int rank, const std::vector<LeafInfo>& leaves,
                                  const Reference& ref, const VerifyOptions& options) {
-  std::vector<Comparison> comparisons;
-  std::vector<Finding> findings = check_rank(rank, leaves, ref, options, &comparisons);
-  for (const auto& c : comparisons) {
-    const LeafInfo& leaf = leaves[c.leaf];
-    const Piece& p = leaf.pieces[c.piece];
-    apply(findings[c.finding], detail::scan(c.expected, p.tensor.detach(), c.tol, p.offsets), p,
-          leaf.shape);
+  RankCheck check = check_rank(rank, leaves, ref, options);
+  for (const auto& c : check.comparisons) {
+    const Piece& p = leaves[c.leaf].pieces[c.piece];
+    check.record(c, leaves, detail::scan_piece(c.expected, p.tensor, c.tol, p.offsets));
   }
-  prune(findings);
-  return findings;
+  return check.finish(leaves);
 }
-
 
 // Gather: every rank's pieces go to `root` in batches of about options.gather_batch_bytes per
 // rank; the root checks each rank's leaves as that rank would have. Returns the findings by rank
@@ -727,19 +805,17 @@ std::vector<std::vector<Finding>> gather_and_check(const std::vector<LeafInfo>& 
     rounds = std::max(rounds, mine_batches.size());
   }
 
-  std::vector<std::vector<Finding>> findings;
-  std::vector<std::vector<Comparison>> comparisons(static_cast<std::size_t>(size));
+  std::vector<RankCheck> checks;
   if (rank == root) {
     for (int r = 0; r < size; ++r) {
-      findings.push_back(check_rank(r, leaves[static_cast<std::size_t>(r)], ref, options,
-                                    &comparisons[static_cast<std::size_t>(r)]));
+      checks.push_back(check_rank(r, leaves[static_cast<std::size_t>(r)], ref, options));
     }
   }
   // On the root: for each rank, (leaf, piece) -> comparison index.
   std::vector<std::map<std::pair<std::size_t, std::size_t>, std::size_t>> wanted(
       static_cast<std::size_t>(size));
   for (int r = 0; r < size && rank == root; ++r) {
-    const auto& cs = comparisons[static_cast<std::size_t>(r)];
+    const auto& cs = checks[static_cast<std::size_t>(r)].comparisons;
     for (std::size_t i = 0; i < cs.size(); ++i) {
       wanted[static_cast<std::size_t>(r)][{cs[i].leaf, cs[i].piece}] = i;
     }
@@ -781,18 +857,20 @@ std::vector<std::vector<Finding>> gather_and_check(const std::vector<LeafInfo>& 
         if (it != w.end()) {
           const LeafInfo& leaf = leaves[static_cast<std::size_t>(r)][s.leaf];
           const Piece& p = leaf.pieces[s.piece];
-          const Comparison& c = comparisons[static_cast<std::size_t>(r)][it->second];
+          RankCheck& check = checks[static_cast<std::size_t>(r)];
+          const Comparison& c = check.comparisons[it->second];
           const at::Tensor actual =
               detail::from_bytes(got[static_cast<std::size_t>(r)].narrow(0, at_byte, s.bytes),
                                  static_cast<at::ScalarType>(leaf.dtype), p.sizes);
-          apply(findings[static_cast<std::size_t>(r)][c.finding],
-                detail::scan(c.expected, actual, c.tol, p.offsets), p, leaf.shape);
+          check.record(c, leaves[static_cast<std::size_t>(r)],
+                       detail::scan_piece(c.expected, actual, c.tol, p.offsets));
         }
         at_byte += s.bytes;
       }
     }
   }
-  for (auto& f : findings) prune(f);
+  std::vector<std::vector<Finding>> findings;
+  for (std::size_t r = 0; r < checks.size(); ++r) findings.push_back(checks[r].finish(leaves[r]));
   return findings;
 }
 

@@ -215,6 +215,61 @@ TEST_F(Verifier, ShapeDtypeAndTilingFaultsAreReportedAsSuch) {
   expect_everywhere(d, "reference: 3 of ");
 }
 
+// Pieces of every block shape: some are one run of the reference's memory (read in place), the
+// others are not (compared through a view). A wrong last element in any of them is found where
+// it lies, and correct pieces pass. Rank 0 holds every piece.
+TEST_F(Verifier, PiecesOfEveryBlockShapeAreComparedWhereTheyLie) {
+  const std::vector<std::int64_t> shape{3, 4, 6};
+  const at::Tensor full = at::randn(shape);
+  const std::vector<std::pair<std::vector<std::int64_t>, std::vector<std::int64_t>>> blocks{
+      {{0, 0, 0}, {1, 4, 6}},  // a whole slab: one run
+      {{1, 0, 0}, {1, 1, 6}},  // a row: one run
+      {{1, 1, 0}, {1, 3, 3}},  // half of three rows: a view
+      {{1, 1, 3}, {1, 3, 3}},
+      {{2, 0, 0}, {1, 2, 6}},  // two rows: one run
+      {{2, 2, 0}, {1, 1, 6}},
+      {{2, 3, 0}, {1, 1, 5}},  // part of a row: one run
+      {{2, 3, 5}, {1, 1, 1}},
+  };
+  auto sharded = [&](int wrong) {
+    std::vector<c10dtest::LocalShard> shards;
+    for (std::size_t i = 0; i < blocks.size() && rank() == 0; ++i) {
+      const auto& [offsets, sizes] = blocks[i];
+      at::Tensor piece = full;
+      for (std::size_t d = 0; d < shape.size(); ++d) {
+        piece = piece.narrow(static_cast<std::int64_t>(d), offsets[d], sizes[d]);
+      }
+      piece = piece.clone();
+      if (static_cast<int>(i) == wrong) piece.view({-1})[piece.numel() - 1] += 1.0;
+      shards.push_back({piece, {offsets, sizes, 0}});
+    }
+    StateDict d;
+    d.insert("w", c10dtest::ShardedTensor::from_local_shards(shards, shape, process_group()));
+    return d;
+  };
+  auto text = [](const std::vector<std::int64_t>& v) {
+    std::string out = "[";
+    for (std::size_t i = 0; i < v.size(); ++i) out += (i ? ", " : "") + std::to_string(v[i]);
+    return out + "]";
+  };
+  StateDict ref;
+  ref.insert("w", full);
+  std::swap(ref, reference_);
+  expect_everywhere(sharded(-1), "");
+  for (std::size_t i = 0; i < blocks.size(); ++i) {
+    const auto& [offsets, sizes] = blocks[i];
+    std::vector<std::int64_t> last(shape.size());
+    for (std::size_t d = 0; d < shape.size(); ++d) last[d] = offsets[d] + sizes[d] - 1;
+    SCOPED_TRACE("block " + std::to_string(i));
+    expect_everywhere(sharded(static_cast<int>(i)),
+                      "shard at offsets " + text(offsets) + ", sizes " + text(sizes) +
+                          "): 1 of 72 elements differ (");
+    EXPECT_THAT(run(sharded(static_cast<int>(i)), VerifyStrategy::kShardLocal),
+                HasSubstr("first at " + text(last)));
+  }
+  std::swap(ref, reference_);
+}
+
 TEST_F(Verifier, ManyBadKeysGiveABoundedMessage) {
   StateDict ref;
   StateDict d;
