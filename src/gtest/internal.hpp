@@ -85,6 +85,10 @@ class Watchdog {
  private:
   using Clock = std::chrono::steady_clock;
   void loop();
+  // Ranks other than 0: ends this rank when the watchdog's store calls have not come back for
+  // longer than the heartbeat timeout (a store whose host stopped answering, or a cut link,
+  // leaves a call waiting in recv() for as long as TCP retries: many minutes).
+  void guard_loop();
   void beat_and_check();
   void on_deadline();
   void check_peers();
@@ -96,6 +100,9 @@ class Watchdog {
   RunOptions options_;
   std::thread thread_;
   std::atomic<bool> stop_{false};
+  std::thread guard_;
+  std::atomic<bool> guard_stop_{false};
+  std::atomic<Clock::rep> last_answer_{0};  // when a loop round of store calls last finished
 
   std::mutex mu_;
   std::string test_name_;

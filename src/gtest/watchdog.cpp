@@ -14,6 +14,9 @@ constexpr std::chrono::milliseconds kBeatEvery{500};
 constexpr std::chrono::milliseconds kReportGrace{5000};
 // How long other ranks wait for rank 0's verdict before ending on their own.
 constexpr std::chrono::milliseconds kAbortGrace{15000};
+// Beyond the heartbeat timeout, how long a round of the watchdog's store calls may take before
+// the store counts as gone (a round may capture the main thread's stack: up to 2 s).
+constexpr std::chrono::milliseconds kStoreGrace{3000};
 
 std::string join_ranks(const std::vector<int>& ranks) {
   std::ostringstream os;
@@ -28,6 +31,8 @@ Watchdog::Watchdog(std::unique_ptr<ControlPlane> client, const RunOptions& optio
 Watchdog::~Watchdog() {
   stop_ = true;
   if (thread_.joinable()) thread_.join();
+  guard_stop_ = true;
+  if (guard_.joinable()) guard_.join();
 }
 
 void Watchdog::start() {
@@ -35,7 +40,9 @@ void Watchdog::start() {
   last_beat_ = now - kBeatEvery;
   peer_beats_.assign(static_cast<std::size_t>(cp_->world_size()), -1);
   peer_seen_.assign(static_cast<std::size_t>(cp_->world_size()), now);
+  last_answer_ = now.time_since_epoch().count();
   thread_ = std::thread([this] { loop(); });
+  if (cp_->rank() != 0) guard_ = std::thread([this] { guard_loop(); });
 }
 
 void Watchdog::stop() {
@@ -46,6 +53,9 @@ void Watchdog::stop() {
     cp_->set("bye/" + std::to_string(cp_->rank()), "1");
   } catch (const std::exception&) {
   }
+  // Only now: the guard also covers a join or a goodbye stuck on a store that stopped answering.
+  guard_stop_ = true;
+  if (guard_.joinable()) guard_.join();
 }
 
 void Watchdog::arm(const std::string& test_name, const std::string& test_key) {
@@ -80,6 +90,7 @@ void Watchdog::loop() {
   while (!stop_) {
     try {
       beat_and_check();
+      last_answer_ = Clock::now().time_since_epoch().count();
     } catch (const std::exception& e) {
       if (stop_) break;
       std::fprintf(stderr,
@@ -91,6 +102,23 @@ void Watchdog::loop() {
       _exit(kExitRankDied);
     }
     std::this_thread::sleep_for(kTick);
+  }
+}
+
+void Watchdog::guard_loop() {
+  const auto limit = options_.heartbeat_timeout + kStoreGrace;
+  while (!guard_stop_) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    const auto silent = std::chrono::duration_cast<std::chrono::milliseconds>(
+        Clock::now() - Clock::time_point(Clock::duration(last_answer_.load())));
+    if (silent <= limit || guard_stop_) continue;
+    std::fprintf(stderr,
+                 "c10dtest: rank %d of %d lost the control plane served by rank 0 (no answer "
+                 "for %lld ms); rank 0 has died or its host is unreachable. Ending this rank.\n",
+                 cp_->rank(), cp_->world_size(), static_cast<long long>(silent.count()));
+    std::fflush(stdout);
+    std::fflush(stderr);
+    _exit(kExitRankDied);
   }
 }
 

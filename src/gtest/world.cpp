@@ -1,5 +1,8 @@
 #include "c10dtest/world.hpp"
 
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <sys/socket.h>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <unistd.h>
 
@@ -46,6 +49,37 @@ c10::Device World::device() const {
   return c10::Device(c10::DeviceType::CPU);
 }
 
+namespace {
+
+// This host's address on the route to `host` (no packet is sent: a UDP socket is connected,
+// which only picks the route), or "" when there is none.
+std::string local_address_towards(const std::string& host, int port) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_DGRAM;
+  addrinfo* found = nullptr;
+  if (getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &found) != 0) return "";
+  std::string out;
+  for (addrinfo* a = found; a != nullptr && out.empty(); a = a->ai_next) {
+    const int fd = socket(a->ai_family, a->ai_socktype, a->ai_protocol);
+    if (fd < 0) continue;
+    sockaddr_storage local{};
+    socklen_t len = sizeof(local);
+    char text[INET6_ADDRSTRLEN] = {0};
+    if (connect(fd, a->ai_addr, a->ai_addrlen) == 0 &&
+        getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len) == 0 &&
+        getnameinfo(reinterpret_cast<sockaddr*>(&local), len, text, sizeof(text), nullptr, 0,
+                    NI_NUMERICHOST) == 0) {
+      out = text;
+    }
+    close(fd);
+  }
+  freeaddrinfo(found);
+  return out;
+}
+
+}  // namespace
+
 GroupOptions World::group_options(const std::string& name, BackendKind backend) const {
   GroupOptions o;
   o.backend = backend;
@@ -53,8 +87,15 @@ GroupOptions World::group_options(const std::string& name, BackendKind backend) 
   o.cuda_device = local_rank();
   o.name = name;
   if (launch_.local_world_size != launch_.world_size) {
+    // Several hosts: Gloo listens on this host's address towards rank 0's (the network the
+    // ranks share; the host name often resolves to loopback). GLOO_SOCKET_IFNAME overrides.
+    if (!launch_.master_addr.empty()) {
+      o.gloo_hostname = local_address_towards(launch_.master_addr, launch_.master_port);
+    }
     char host[256] = {0};
-    if (gethostname(host, sizeof(host) - 1) == 0) o.gloo_hostname = host;
+    if (o.gloo_hostname.empty() && gethostname(host, sizeof(host) - 1) == 0) {
+      o.gloo_hostname = host;
+    }
   }
   return o;
 }

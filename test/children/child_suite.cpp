@@ -72,6 +72,13 @@ TEST_F(Hang, OwnShortTimeout) {
   std::this_thread::sleep_for(std::chrono::seconds(30));
 }
 
+// Rank 0 stops (SIGSTOP), store server and all: its connections stay open but nothing answers,
+// as when its host drops off the network. The other ranks must end on their own.
+TEST_F(Hang, RankZeroFreezes) {
+  if (rank() == 0) std::raise(SIGSTOP);
+  barrier();
+}
+
 class Crash : public c10dtest::DistributedTest {};
 
 TEST_F(Crash, SegfaultOnRankThree) {

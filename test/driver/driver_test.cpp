@@ -217,6 +217,19 @@ TEST_P(ChildSuite, PerTestTimeoutOverridesTheRunTimeout) {
   EXPECT_LT(o.seconds, 60);
 }
 
+TEST_P(ChildSuite, RanksCutOffFromRankZeroEndOnTheirOwn) {
+  // No RST, no FIN: the other ranks' store calls would wait in recv() for as long as TCP
+  // retries (many minutes); they must give up after the heartbeat timeout instead.
+  const Outcome o = run_child(3, "--gtest_filter=Hang.RankZeroFreezes --c10dtest_timeout=120 "
+                                 "--c10dtest_heartbeat_timeout=2");
+  EXPECT_NE(o.exit_code, 0) << o.output;
+  EXPECT_NE(o.output.find("lost the control plane served by rank 0 (no answer for "),
+            std::string::npos)
+      << o.output;
+  if (GetParam() == Launch::kSelf) EXPECT_EQ(o.exit_code, kExitRankDied) << o.output;
+  EXPECT_LT(o.seconds, 60);
+}
+
 TEST_P(ChildSuite, SegfaultOnRankThreeIsNamed) {
   const Outcome o = run_child(4, "--gtest_filter=Crash.SegfaultOnRankThree --c10dtest_timeout=120");
   EXPECT_NE(o.exit_code, 0) << o.output;
@@ -298,6 +311,21 @@ TEST_P(ChildSuite, ShuffleUsesOneSeedOnEveryRank) {
   EXPECT_EQ(count(o.output, "[  PASSED  ] 3 tests."), 3) << o.output;
 }
 
+TEST_P(ChildSuite, BriefOutputAndColourFollowGtestFlags) {
+  const Outcome brief = run_child(2, "--gtest_filter=Passing.* --gtest_brief=1");
+  EXPECT_EQ(brief.exit_code, 0) << brief.output;
+  EXPECT_EQ(count(brief.output, "[ RUN      ]"), 0) << brief.output;
+  EXPECT_EQ(count(brief.output, "[  PASSED  ] 3 tests."), 1) << brief.output;
+  // GTEST_COLOR=yes colours the output even into a pipe; --gtest_color=no wins over it.
+  const std::string coloured =
+      "GTEST_COLOR=yes " + child(GetParam(), 2, "--gtest_filter=Passing.*", tag_);
+  const Outcome yes = run(coloured);
+  EXPECT_EQ(yes.exit_code, 0) << yes.output;
+  EXPECT_NE(yes.output.find("\033[0;32m[  PASSED  ] \033[m"), std::string::npos) << yes.output;
+  const Outcome no = run(coloured + " --gtest_color=no");
+  EXPECT_EQ(no.output.find("\033["), std::string::npos) << no.output;
+}
+
 TEST_P(ChildSuite, PerRankLogsGoToTheLogDirectory) {
   const fs::path dir = fs::temp_directory_path() / ("c10dtest-logs-" + tag_);
   const Outcome o = run_child(3, "--gtest_filter=Passing.* --c10dtest_log_dir=" + dir.string());
@@ -376,6 +404,20 @@ TEST(TorchrunStyle, PassingSuitePassesOnEveryRank) {
   EXPECT_NE(o.output.find("rank0=0"), std::string::npos) << o.output;
   EXPECT_NE(o.output.find("rank1=0"), std::string::npos) << o.output;
   EXPECT_NE(o.output.find("on 2 ranks (torchrun)"), std::string::npos) << o.output;
+  EXPECT_EQ(processes_tagged(tag), 0);
+}
+
+TEST(TorchrunStyle, GtestFlagsWorkWithoutALauncher) {
+  const std::string tag = unique_tag();
+  const Outcome o = run(torchrun(4, "--gtest_filter=Passing.*:Failures.OnlyRankTwoFails "
+                                    "--gtest_shuffle --gtest_repeat=2 --gtest_brief=1", tag));
+  for (int r = 0; r < 4; ++r) {
+    EXPECT_NE(o.output.find("rank" + std::to_string(r) + "=1"), std::string::npos) << o.output;
+  }
+  EXPECT_EQ(count(o.output, "[ RUN      ]"), 0) << o.output;
+  EXPECT_EQ(count(o.output, "[  PASSED  ] 3 tests."), 2) << o.output;
+  EXPECT_EQ(count(o.output, "[  FAILED  ] Failures.OnlyRankTwoFails on rank 2 of 4"), 2)
+      << o.output;
   EXPECT_EQ(processes_tagged(tag), 0);
 }
 
