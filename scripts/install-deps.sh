@@ -2,7 +2,7 @@
 # Installs what c10dtest needs on Debian 12 (or Ubuntu), only when something is missing.
 set -euo pipefail
 
-packages=(g++ make cmake libtorch-dev libgloo-dev libopenmpi-dev openmpi-bin
+packages=(g++ make cmake git libtorch-dev libgloo-dev libopenmpi-dev openmpi-bin
           libgtest-dev libgmock-dev)
 missing=()
 for p in "${packages[@]}"; do

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Builds the consumer project (test/package/consumer) against c10dtest one way and runs its
+# suite under CTest at 1, 2 and 4 ranks:
+#   package       installs BUILD_DIR into a temporary prefix, then find_package(c10dtest)
+#   subdirectory  add_subdirectory() of this source tree
+#   fetchcontent  FetchContent from a temporary git repository holding this tree's files
+# Usage: test/package/run.sh MODE BUILD_DIR   (CTest runs it as package.MODE)
+set -euo pipefail
+mode=$1
+build=$(cd "$2" && pwd)
+src=$(cd "$(dirname "$0")/../.." && pwd)
+work=$(mktemp -d "${TMPDIR:-/tmp}/c10dtest-package.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+
+args=(-DC10DTEST_CONSUMER_MODE="$mode" -DCMAKE_BUILD_TYPE=Release)
+case $mode in
+  package)
+    cmake --install "$build" --prefix "$work/prefix" >/dev/null
+    args+=(-DCMAKE_PREFIX_PATH="$work/prefix")
+    ;;
+  subdirectory)
+    args+=(-DC10DTEST_SOURCE="$src")
+    ;;
+  fetchcontent)
+    # The files of this tree as they are now (tracked and new, not ignored), committed to a
+    # repository of their own: what a user's FetchContent would clone.
+    mkdir "$work/repo"
+    git -C "$src" ls-files -z --cached --others --exclude-standard |
+      tar -C "$src" --null -T - --ignore-failed-read -cf - 2>/dev/null | tar -C "$work/repo" -xf -
+    git -C "$work/repo" init -q
+    git -C "$work/repo" add -A
+    git -C "$work/repo" -c user.name=c10dtest -c user.email=c10dtest@localhost \
+      commit -q -m "c10dtest snapshot"
+    args+=(-DC10DTEST_GIT="$work/repo" -DC10DTEST_TAG="$(git -C "$work/repo" rev-parse HEAD)")
+    ;;
+  *)
+    echo "usage: $0 package|subdirectory|fetchcontent BUILD_DIR" >&2
+    exit 2
+    ;;
+esac
+
+cmake -S "$src/test/package/consumer" -B "$work/build" "${args[@]}" >/dev/null
+cmake --build "$work/build" -j "$(nproc)" >/dev/null
+# One entry per world size, with the processors, labels, timeout and Open MPI settings asked for.
+ctest --test-dir "$work/build" --show-only=json-v1 >"$work/entries.json"
+cmake -DJSON="$work/entries.json" -DROOT="$([ "$(id -u)" -eq 0 ] && echo 1 || echo 0)" \
+  -P "$src/test/package/check_entries.cmake"
+ctest --test-dir "$work/build" --output-on-failure
