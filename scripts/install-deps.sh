@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # Installs what c10dtest needs on Debian 12 (or Ubuntu), only when something is missing.
+# Usage: scripts/install-deps.sh [PACKAGE...]   (the given packages instead; the test stages use
+# it for their own: Slurm, iproute2, buildah, ...)
 set -euo pipefail
 
 packages=(g++ make cmake git libtorch-dev libgloo-dev libopenmpi-dev openmpi-bin
           libgtest-dev libgmock-dev)
+if [ $# -gt 0 ]; then
+  packages=("$@")
+fi
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

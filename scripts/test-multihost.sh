@@ -43,16 +43,7 @@ retries2=${C10DTEST_MH_TCP_RETRIES2:-kernel}
 die() { echo "test-multihost: $*" >&2; exit 1; }
 ((EUID == 0)) || die "needs root (ip netns, veth)"
 # iproute2 (ip, ss) and Open MPI, installed only when missing.
-missing=()
-for p in iproute2 openmpi-bin; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  echo "test-multihost: installing ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+"$root/scripts/install-deps.sh" iproute2 openmpi-bin
 for c in ip mpirun timeout ss grep sed; do
   command -v "$c" >/dev/null || die "'$c' not found"
 done

@@ -25,23 +25,9 @@ for b in "${binaries[@]}"; do
   [ -x "$b" ] || die "$b is missing; build it first (scripts/build.sh)"
 done
 
-# --- Packages, installed only when missing (as scripts/install-deps.sh does). -----------------
+# --- Packages, installed only when missing. ----------------------------------------------------
 packages=(slurm-wlm munge)
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -ne 0 ]; then
-  say "installing ${missing[*]}"
-  sudo=()
-  if [ "$(id -u)" -ne 0 ]; then
-    command -v sudo >/dev/null || die "need root or sudo to install ${missing[*]}"
-    sudo=(sudo)
-  fi
-  export DEBIAN_FRONTEND=noninteractive
-  "${sudo[@]}" apt-get update -qq
-  "${sudo[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+scripts/install-deps.sh "${packages[@]}"
 # The daemons live in /usr/sbin, which is not on every user's PATH.
 case ":$PATH:" in *:/usr/sbin:*) ;; *) PATH=$PATH:/usr/sbin ;; esac
 for tool in munged munge unmunge slurmctld slurmd srun scontrol sinfo squeue scancel timeout; do
