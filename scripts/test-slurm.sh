@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Proves that c10dtest runs under Slurm's srun: installs Slurm and MUNGE when missing, starts a
 # private single-node cluster (munged, slurmctld, slurmd on localhost, free ports, every file in
-# one temp dir), runs the example suites with srun at 2 and 4 tasks and a child suite whose test
-# fails on rank 2, asserts on their exit codes and output, then stops every daemon it started and
-# removes its temp dir, on every exit path. Apart from installing packages it writes nothing
+# one temp dir), runs the example suites with srun at 2 and 4 tasks, a child suite whose test
+# fails on rank 2, the child suite with gtest's shuffle/repeat/brief flags, and the CTest entries
+# that c10dtest_add_test(... LAUNCHER srun) registers in the consumer project of test/package
+# (built against this build's install); asserts on their exit codes and output, then stops every
+# daemon it started and removes its temp dir, on every exit path. Apart from installing packages it writes nothing
 # outside that temp dir: the daemons get their configuration, key, sockets, state and logs there.
 # Usage: scripts/test-slurm.sh            (run as root, or with sudo available for apt-get)
 #   C10DTEST_BUILD_DIR  build tree holding examples/ and test/child_suite (default: build)
@@ -283,6 +285,33 @@ grep -qxF '[  FAILED  ] Failures.OnlyRankTwoFails (rank 2 of 4)' "$log" ||
 grep -qF '[       OK ] Failures.NextTestPasses' "$log" ||
   fail_run "$log" "srun -n 4 child_suite: the test after the failure did not pass"
 summary+=("PASS  srun -n 4 child_suite --gtest_filter=Failures.*: exit code $rc, failure named on rank 2 of 4")
+
+# gtest flags under srun: filter, shuffle (one seed on every rank), repeat, brief.
+log=$tmp/log/child_suite-flags-4.out
+run_srun "$log" 4 "$tmp/bin/child_suite" --gtest_filter='Passing.*' --gtest_shuffle \
+  --gtest_repeat=2 --gtest_brief=1
+[ "$rc" -eq 0 ] || fail_run "$log" "srun -n 4 child_suite with gtest flags exited with $rc"
+[ "$(grep -c '^\[  PASSED  \] 3 tests\.$' "$log")" -eq 2 ] ||
+  fail_run "$log" "srun -n 4 child_suite --gtest_repeat=2: not two passing iterations of 3 tests"
+! grep -q '^\[ RUN      \]' "$log" || fail_run "$log" "srun -n 4 child_suite: --gtest_brief ignored"
+summary+=("PASS  srun -n 4 child_suite --gtest_shuffle --gtest_repeat=2 --gtest_brief=1")
+
+# c10dtest_add_test(... LAUNCHER srun): the consumer project of test/package, built against this
+# build's install, registers srun entries at 2 and 4 ranks; CTest runs them in this cluster.
+consumer=$tmp/consumer
+cmake --install "$build" --prefix "$consumer/prefix" >"$tmp/log/install.out" 2>&1 ||
+  fail_run "$tmp/log/install.out" "cmake --install $build failed"
+cmake -S test/package/consumer -B "$consumer/build" -DCMAKE_PREFIX_PATH="$consumer/prefix" \
+  -DC10DTEST_CONSUMER_SRUN=ON "-DC10DTEST_SRUN_FLAGS=--mpi=none" >"$tmp/log/consumer.out" 2>&1 &&
+  cmake --build "$consumer/build" -j "$(nproc)" >>"$tmp/log/consumer.out" 2>&1 ||
+  fail_run "$tmp/log/consumer.out" "the consumer project (LAUNCHER srun) did not build"
+log=$tmp/log/consumer-ctest.out
+timeout -k 10 "$srun_timeout" ctest --test-dir "$consumer/build" --output-on-failure \
+  >"$log" 2>&1 </dev/null || fail_run "$log" "ctest of the srun entries failed"
+grep -q '^100% tests passed, 0 tests failed out of 2$' "$log" &&
+  grep -q 'consumer_test.srun.np2 .* Passed' "$log" && grep -q 'consumer_test.srun.np4 .* Passed' "$log" ||
+  fail_run "$log" "ctest did not pass consumer_test.srun.np2 and .np4"
+summary+=("PASS  c10dtest_add_test(LAUNCHER srun): ctest ran consumer_test.srun.np2 and .np4")
 
 echo
 say "summary"
