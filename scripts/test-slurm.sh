@@ -5,8 +5,9 @@
 # fails on rank 2, the child suite with gtest's shuffle/repeat/brief flags, and the CTest entries
 # that c10dtest_add_test(... LAUNCHER srun) registers in the consumer project of test/package
 # (built against this build's install); asserts on their exit codes and output, then stops every
-# daemon it started and removes its temp dir, on every exit path. Apart from installing packages it writes nothing
-# outside that temp dir: the daemons get their configuration, key, sockets, state and logs there.
+# daemon it started and removes its temp dir, on every exit path. Apart from installing packages
+# it writes nothing outside that temp dir: the daemons get their configuration, key, sockets,
+# state and logs there.
 # Usage: scripts/test-slurm.sh            (run as root, or with sudo available for apt-get)
 #   C10DTEST_BUILD_DIR  build tree holding examples/ and test/child_suite (default: build)
 #   SRUN_TIMEOUT        seconds allowed to each srun (default: 180)
