@@ -57,7 +57,7 @@ class DTensor {
 // Lays `full` out over `mesh`. With `source_rank` unset every rank of the mesh must pass the same
 // full tensor; with a source rank only that rank's `full` is read (others may pass an undefined
 // tensor) and it is broadcast over the mesh first. Partial: the mesh coordinate 0 holds the value,
-// the others zeros. Ranks outside the mesh get an empty local tensor.
+// the others zeros. Ranks outside the mesh get an undefined local tensor.
 DTensor distribute_tensor(const at::Tensor& full, std::shared_ptr<const DeviceMesh> mesh,
                           std::vector<Placement> placements,
                           std::optional<int> source_rank = std::nullopt);

@@ -17,8 +17,9 @@
 namespace c10dtest {
 
 // Parses --c10dtest_* and gtest flags, detects the launch and meets the other ranks. Returns -1
-// when this process is a rank that should now run its tests; otherwise the process's exit code
-// (self-spawn parent after its ranks ended, --gtest_list_tests, a configuration error).
+// when this process should now call RUN_ALL_TESTS (a rank; also with --gtest_list_tests, which
+// then lists the tests on rank 0 only, without meeting the others); otherwise the process's exit
+// code (self-spawn parent after its ranks ended, a configuration error).
 int init(int* argc, char** argv);
 
 // Agrees on one exit code across ranks (the worst), stops the watchdog, meets the other ranks a

@@ -57,7 +57,8 @@ struct VerifyOptions {
   // As StateDictOptions::ignore_frozen_params: keys in `frozen_keys` may be missing from the
   // distributed dict. Values that are present are still compared.
   bool ignore_frozen_params = false;
-  // FQNs of frozen parameters (the overloads taking a model fill this in). A state dict alone
+  // FQNs of frozen parameters (VerifyStateDictMixin::verify_msd(model, ...) fills this in from
+  // the model; elsewhere give them, e.g. frozen_keys_of(model)). A state dict alone
   // cannot tell a frozen parameter from a buffer: both are saved detached.
   std::vector<std::string> frozen_keys;
   // A device difference between a reference and a distributed value fails the key (else values
