@@ -29,11 +29,6 @@ std::atomic<int> g_frame_count{-1};
 
 int stack_signal() { return SIGRTMIN + 4; }
 
-void write_str(const char* s) {
-  const ssize_t ignored = write(STDERR_FILENO, s, std::strlen(s));
-  (void)ignored;
-}
-
 const char* signal_name(int sig) {
   switch (sig) {
     case SIGSEGV: return "SIGSEGV (segmentation fault)";
@@ -45,15 +40,26 @@ const char* signal_name(int sig) {
   }
 }
 
+// Appends `s` to `buf` (of `cap` bytes, `*len` used), truncating; async-signal-safe.
+void append(char* buf, std::size_t cap, std::size_t* len, const char* s) {
+  for (; *s != '\0' && *len + 1 < cap; ++s) buf[(*len)++] = *s;
+}
+
 void on_fatal(int sig) {
-  write_str("\n");
-  write_str(g_prefix);
-  write_str(signal_name(sig));
+  // One write() (under PIPE_BUF bytes): ranks share the pipe to the launcher, and separate
+  // writes could interleave with another rank's output in the middle of the line.
+  char line[1024];
+  std::size_t len = 0;
+  append(line, sizeof(line), &len, "\n");
+  append(line, sizeof(line), &len, g_prefix);
+  append(line, sizeof(line), &len, signal_name(sig));
   if (g_test_name[0] != '\0') {
-    write_str(" in test ");
-    write_str(g_test_name);
+    append(line, sizeof(line), &len, " in test ");
+    append(line, sizeof(line), &len, g_test_name);
   }
-  write_str("\n");
+  append(line, sizeof(line), &len, "\n");
+  const ssize_t ignored = write(STDERR_FILENO, line, len);
+  (void)ignored;
   void* frames[kMaxFrames];
   const int n = backtrace(frames, kMaxFrames);
   backtrace_symbols_fd(frames, n, STDERR_FILENO);
