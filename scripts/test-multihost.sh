@@ -282,11 +282,7 @@ end_ms=$(now_ms)
 far_end_ms=
 if [[ -n $cut_ms ]]; then
   while :; do
-    far=0
-    for p in $(ip netns pids "$ns2"); do
-      [[ $(cat "/proc/$p/comm" 2>/dev/null) == child_suite ]] && far=$((far + 1))
-    done
-    ((far == 0)) && { far_end_ms=$(now_ms); break; }
+    (($(suite_ranks "$ns2") == 0)) && { far_end_ms=$(now_ms); break; }
     (($(now_ms) > cut_ms + bound * 1000)) && break
     sleep 0.2
   done

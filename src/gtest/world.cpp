@@ -78,6 +78,22 @@ std::string local_address_towards(const std::string& host, int port) {
   return out;
 }
 
+// Several hosts: Gloo listens on this host's address towards rank 0's (the network the ranks
+// share; the host name often resolves to loopback), else on the host name. GLOO_SOCKET_IFNAME
+// overrides both. Worked out once per process: every group (re)built uses it.
+const std::string& multi_host_address(const LaunchInfo& launch) {
+  static const std::string address = [&] {
+    std::string a;
+    if (!launch.master_addr.empty()) {
+      a = local_address_towards(launch.master_addr, launch.master_port);
+    }
+    char host[256] = {0};
+    if (a.empty() && gethostname(host, sizeof(host) - 1) == 0) a = host;
+    return a;
+  }();
+  return address;
+}
+
 }  // namespace
 
 GroupOptions World::group_options(const std::string& name, BackendKind backend) const {
@@ -86,17 +102,7 @@ GroupOptions World::group_options(const std::string& name, BackendKind backend) 
   o.timeout = options_.effective_collective_timeout();
   o.cuda_device = local_rank();
   o.name = name;
-  if (launch_.local_world_size != launch_.world_size) {
-    // Several hosts: Gloo listens on this host's address towards rank 0's (the network the
-    // ranks share; the host name often resolves to loopback). GLOO_SOCKET_IFNAME overrides.
-    if (!launch_.master_addr.empty()) {
-      o.gloo_hostname = local_address_towards(launch_.master_addr, launch_.master_port);
-    }
-    char host[256] = {0};
-    if (o.gloo_hostname.empty() && gethostname(host, sizeof(host) - 1) == 0) {
-      o.gloo_hostname = host;
-    }
-  }
+  if (launch_.local_world_size != launch_.world_size) o.gloo_hostname = multi_host_address(launch_);
   return o;
 }
 

@@ -415,32 +415,37 @@ struct ValueCheck {
 
 // A value comparison check_rank() asks for: one piece of a check's leaf against the reference.
 struct Comparison {
-  std::size_t check;  // index into RankCheck::checks
-  std::size_t leaf;
+  std::size_t check;  // index into RankCheck::checks (its leaf and tolerance)
   std::size_t piece;
   at::Tensor expected;  // the whole reference tensor (the piece's offsets place the slice)
-  detail::ScanTolerance tol;
 };
 
 std::string tolerance_text(const detail::ScanTolerance& t);
 std::string leaf_text(const LeafInfo& leaf);
 
 // What check_rank() finds for one rank: the findings settled by the descriptions alone, and the
-// value comparisons still to run. Their results go to record(); finish() gives the rank's
+// value comparisons still to run, which compare() runs; finish() gives the rank's
 // findings in report order. A key whose values match costs no Finding (most keys, usually).
 struct RankCheck {
   std::vector<Finding> findings;
   std::vector<ValueCheck> checks;
   std::vector<Comparison> comparisons;
 
-  void record(const Comparison& c, const std::vector<LeafInfo>& leaves, const MismatchStats& s) {
+  const ValueCheck& of(const Comparison& c) const { return checks[c.check]; }
+
+  // Compares the piece of `c` (`actual`: this rank's, or received from its owner) and keeps
+  // what differs.
+  void compare(const Comparison& c, const std::vector<LeafInfo>& leaves,
+               const at::Tensor& actual) {
+    const LeafInfo& leaf = leaves[of(c).leaf];
+    const Piece& p = leaf.pieces[c.piece];
+    const MismatchStats s = detail::scan_piece(c.expected, actual, of(c).tol, p.offsets);
     if (s.bad == 0) return;
     Finding& f = failing[c.check];
-    const Piece& p = leaves[c.leaf].pieces[c.piece];
     if (f.stats.merge(s)) {
       f.first_offsets = p.offsets;
       f.first_sizes = p.sizes;
-      f.whole = p.sizes == leaves[c.leaf].shape;
+      f.whole = p.sizes == leaf.shape;
     }
   }
 
@@ -619,7 +624,7 @@ RankCheck check_rank(int rank, const std::vector<LeafInfo>& leaves, const Refere
     if (!bounds_ok) continue;
     result.checks.push_back({findings.size(), at, tol});
     for (std::size_t pi = 0; pi < leaf.pieces.size(); ++pi) {
-      result.comparisons.push_back({result.checks.size() - 1, at, pi, expected, tol});
+      result.comparisons.push_back({result.checks.size() - 1, pi, expected});
     }
   }
   // A leaf no reference key matched is unexpected, unless its path repeats one that did.
@@ -754,8 +759,7 @@ std::vector<Finding> shard_local(int rank, const std::vector<LeafInfo>& leaves,
                                  const Reference& ref, const VerifyOptions& options) {
   RankCheck check = check_rank(rank, leaves, ref, options);
   for (const auto& c : check.comparisons) {
-    const Piece& p = leaves[c.leaf].pieces[c.piece];
-    check.record(c, leaves, detail::scan_piece(c.expected, p.tensor, c.tol, p.offsets));
+    check.compare(c, leaves, leaves[check.of(c).leaf].pieces[c.piece].tensor);
   }
   return check.finish(leaves);
 }
@@ -817,7 +821,8 @@ std::vector<std::vector<Finding>> gather_and_check(const std::vector<LeafInfo>& 
   for (int r = 0; r < size && rank == root; ++r) {
     const auto& cs = checks[static_cast<std::size_t>(r)].comparisons;
     for (std::size_t i = 0; i < cs.size(); ++i) {
-      wanted[static_cast<std::size_t>(r)][{cs[i].leaf, cs[i].piece}] = i;
+      wanted[static_cast<std::size_t>(r)][{checks[static_cast<std::size_t>(r)].of(cs[i]).leaf,
+                                           cs[i].piece}] = i;
     }
   }
   const ProcessGroupPtr pg = world.process_group();
@@ -862,8 +867,7 @@ std::vector<std::vector<Finding>> gather_and_check(const std::vector<LeafInfo>& 
           const at::Tensor actual =
               detail::from_bytes(got[static_cast<std::size_t>(r)].narrow(0, at_byte, s.bytes),
                                  static_cast<at::ScalarType>(leaf.dtype), p.sizes);
-          check.record(c, leaves[static_cast<std::size_t>(r)],
-                       detail::scan_piece(c.expected, actual, c.tol, p.offsets));
+          check.compare(c, leaves[static_cast<std::size_t>(r)], actual);
         }
         at_byte += s.bytes;
       }
