@@ -27,8 +27,16 @@ enum class BackendKind { kGloo, kNccl };
 const char* to_string(BackendKind kind);
 // "gloo" or "nccl"; throws ConfigError otherwise.
 BackendKind parse_backend(const std::string& name);
-// Whether this LibTorch was built with the NCCL backend (USE_C10D_NCCL).
+// Whether make_process_group can build NCCL groups: this LibTorch has NCCL (USE_C10D_NCCL) and
+// c10dtest was configured with it (C10DTEST_WITH_NCCL; nccl.h found).
 bool nccl_available();
+// "" when nccl_available(); otherwise why not, as a sentence part ("this LibTorch was built
+// without NCCL").
+std::string nccl_unavailable_reason();
+// The PCI bus id of CUDA device `index` ("0000:1b:00.0"): the same in every process that uses
+// that GPU, whatever CUDA_VISIBLE_DEVICES each has. "" where this build cannot tell (without
+// NCCL compiled in) or the device does not exist.
+std::string cuda_device_pci_id(int index);
 
 using ProcessGroupPtr = c10::intrusive_ptr<c10d::ProcessGroup>;
 
@@ -39,7 +47,7 @@ struct GroupOptions {
   // Gloo: the address this rank's transport binds to. Loopback keeps one-host runs private;
   // multi-host runs need an address peers can reach (or set GLOO_SOCKET_IFNAME).
   std::string gloo_hostname = "127.0.0.1";
-  // NCCL: the CUDA device of this rank.
+  // NCCL: the CUDA device of this rank (one per rank).
   int cuda_device = 0;
   // Only for error messages: "world", "group [0, 2]".
   std::string name = "world";

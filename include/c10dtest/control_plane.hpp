@@ -53,6 +53,11 @@ class ControlPlane {
   std::vector<std::string> all_gather(const std::string& tag, const std::string& value,
                                       std::chrono::milliseconds timeout);
   void barrier(const std::string& tag, std::chrono::milliseconds timeout);
+  // The last use of the store, after a barrier every rank passed: rank 0 (which serves the store)
+  // returns once every other rank's last request has been answered, so that none of them finds
+  // the server gone ("Broken pipe"); the others return at once. False when rank 0 gave up after
+  // `timeout`.
+  bool leave(const std::string& tag, std::chrono::milliseconds timeout);
 
   // The store under this run's key prefix, for the process groups' rendezvous.
   c10::intrusive_ptr<c10d::Store> store() const;

@@ -13,7 +13,8 @@
 namespace c10dtest {
 
 struct GatherOptions {
-  // Full tensors (and the dict's plain tensors) are moved to CPU.
+  // Full tensors (and the dict's plain tensors) are moved to CPU. Without it a full tensor lives
+  // where its shards did (a DTensor's local device, a ShardedTensor's shards' device).
   bool cpu_offload = false;
   // Only these world ranks receive full tensors (a gather to each, not an allgather); the others
   // send their pieces and get an empty dict.
@@ -26,7 +27,9 @@ struct GatherOptions {
 StateDict gather_state_dict(const StateDict& state_dict, const GatherOptions& options = {});
 
 // Rank 0 of `group` (the world group by default) passes a dict of full tensors and plain values;
-// every rank gets a copy (other ranks' argument is ignored). Three broadcasts in all.
+// every rank gets a copy (other ranks' argument is ignored). Three broadcasts in all, staged on
+// the group's device (CPU for Gloo, the GPU for NCCL). Rank 0 gets its own dict back; the other
+// ranks' tensors are on CPU.
 StateDict broadcast_state_dict(const StateDict& state_dict, ProcessGroupPtr group = {});
 
 // Slices `full` (full tensors, on every rank) into the layout of `like`: DTensor and

@@ -36,7 +36,14 @@ int local_gpu_count();
 
 class DistributedTest : public ::testing::Test {
  protected:
-  // Seeds ATen's default generators with seed(). Overrides must call DistributedTest::SetUp().
+  // Seeds ATen's default generators with seed(), or skips the test when the world cannot run
+  // here (World::unavailable_reason(): e.g. an NCCL world without enough GPUs). Overrides must
+  // call DistributedTest::SetUp() first and return when it skipped:
+  //   void SetUp() override {
+  //     DistributedTest::SetUp();
+  //     if (IsSkipped()) return;
+  //     ...
+  //   }
   void SetUp() override;
 
   int rank() const { return World::instance().rank(); }
@@ -44,7 +51,8 @@ class DistributedTest : public ::testing::Test {
   int local_rank() const { return World::instance().local_rank(); }
   // The world group (native c10d object). Valid for this test only.
   ProcessGroupPtr process_group() const { return World::instance().process_group(); }
-  // CPU with Gloo, cuda:<local rank> with NCCL.
+  // Where this test's tensors belong: CPU with Gloo, cuda:<local rank> with NCCL, a GPU shared
+  // by the ranks with Gloo and --c10dtest_device=cuda. Write tests against it to run them on both.
   c10::Device device() const { return World::instance().device(); }
   std::uint64_t seed() const { return test_seed(); }
   // A barrier on the world group (throws if the group failed, which fails the test).

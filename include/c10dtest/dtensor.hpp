@@ -39,7 +39,7 @@ class DTensor {
   std::vector<std::int64_t> global_offset_of(int world_rank) const;
 
   // The whole tensor on every rank of the mesh (collective over the mesh, one allgather).
-  // Partial placements are summed; exact for every dtype otherwise.
+  // Partial placements are summed; exact for every dtype otherwise. On the local tensor's device.
   at::Tensor full_tensor() const;
   // The same data with every placement Replicate (collective).
   DTensor redistribute_to_replicate() const;
@@ -57,7 +57,9 @@ class DTensor {
 // Lays `full` out over `mesh`. With `source_rank` unset every rank of the mesh must pass the same
 // full tensor; with a source rank only that rank's `full` is read (others may pass an undefined
 // tensor) and it is broadcast over the mesh first. Partial: the mesh coordinate 0 holds the value,
-// the others zeros. Ranks outside the mesh get an undefined local tensor.
+// the others zeros. Ranks outside the mesh get an undefined local tensor. Local pieces stay on
+// `full`'s device; with a source rank they land on the world's device (World::device(), as
+// PyTorch puts them on the mesh's device type), wherever the source's tensor was.
 DTensor distribute_tensor(const at::Tensor& full, std::shared_ptr<const DeviceMesh> mesh,
                           std::vector<Placement> placements,
                           std::optional<int> source_rank = std::nullopt);

@@ -8,6 +8,10 @@
 //   --c10dtest_heartbeat_timeout=S   a rank silent this long is declared dead (default 15)
 //   --c10dtest_rendezvous_timeout=S  how long ranks wait for each other at start and end (60)
 //   --c10dtest_backend=gloo|nccl     backend of the world group (default gloo); C10DTEST_BACKEND
+//   --c10dtest_device=cpu|cuda       what DistributedTest::device() returns (default: cpu with
+//                                    gloo, cuda with nccl). cuda with gloo runs several ranks on
+//                                    one GPU: rank r uses GPU (local rank % GPUs visible).
+//                                    C10DTEST_DEVICE
 //   --c10dtest_log_dir=DIR           ranks > 0 write their stdout/stderr to DIR/rank-N.log
 //   --c10dtest_seed=N                mixed into every per-test seed (default 0)
 //   --c10dtest_verify_strategy=S     auto, shard-local or gather: how state-dict verifications
@@ -43,6 +47,8 @@ struct RunOptions {
   std::chrono::milliseconds heartbeat_timeout = kDefaultHeartbeatTimeout;
   std::chrono::milliseconds rendezvous_timeout = kDefaultRendezvousTimeout;
   std::string backend = "gloo";
+  // "cpu", "cuda", or "" for the backend's own (cpu for gloo, cuda for nccl).
+  std::string device;
   std::string log_dir;
   std::uint64_t seed = 0;
   std::string verify_strategy = "auto";

@@ -64,9 +64,9 @@ class ShardedTensor {
 
   // validate_tiling plus this rank's tensors against their metadata and the common dtype.
   void validate() const;
-  // The whole tensor on every rank (one allgather), on CPU: pieces travel through CPU memory
-  // because a rank without shards has no device to agree on. Throws ShardingError if validate()
-  // would.
+  // The whole tensor on every rank (one allgather), on the device of this rank's shards (the
+  // world's device on a rank without any). Pieces travel through CPU memory on Gloo and through
+  // the GPU on NCCL. Throws ShardingError if validate() would.
   at::Tensor full_tensor() const;
 
   std::string describe() const;

@@ -36,8 +36,14 @@ class World {
   int world_size() const { return launch_.world_size; }
   int local_rank() const { return launch_.local_rank; }
   BackendKind backend() const { return backend_; }
-  // CPU for Gloo; cuda:<local rank> for NCCL.
-  c10::Device device() const;
+  // Where tests put their tensors: CPU with Gloo, cuda:<local rank> with NCCL, and with
+  // --c10dtest_device=cuda on Gloo cuda:<local rank % GPUs visible>.
+  c10::Device device() const { return device_; }
+
+  // Why this run's world cannot work here, the same text on every rank ("" when it can):
+  // NCCL without NCCL compiled in, a CUDA device that no GPU backs, two NCCL ranks on one GPU.
+  // DistributedTest then skips every test with this reason, and process_group() throws it.
+  const std::string& unavailable_reason() const { return unavailable_; }
 
   // The world group. Do not keep it across tests: after a failed test every rank rebuilds it.
   ProcessGroupPtr process_group();
@@ -78,6 +84,8 @@ class World {
   int stop(int exit_code);
 
   GroupOptions group_options(const std::string& name, BackendKind backend) const;
+  // Picks device_ and, when this world cannot run here, unavailable_ (collective, at start).
+  void choose_device();
   void release_process_groups();
   void rebuild_process_groups();
   // Control-plane key prefix of the running test ("t/<iteration>/<suite>/<test>"), or of the
@@ -87,6 +95,8 @@ class World {
   LaunchInfo launch_;
   RunOptions options_;
   BackendKind backend_;
+  c10::Device device_{c10::DeviceType::CPU};
+  std::string unavailable_;
   std::unique_ptr<ControlPlane> control_;
   std::unique_ptr<detail::Watchdog> watchdog_;
   ProcessGroupPtr world_group_;

@@ -1,8 +1,14 @@
 #include "c10dtest/comm.hpp"
 
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
-#ifdef USE_C10D_NCCL
+// C10DTEST_WITH_NCCL is set by CMake when this LibTorch has NCCL (USE_C10D_NCCL) and nccl.h
+// was found (cmake/C10dtestBackends.cmake).
+#ifdef C10DTEST_WITH_NCCL
+#ifndef USE_C10D_NCCL
+#error "C10DTEST_WITH_NCCL needs a LibTorch built with NCCL (USE_C10D_NCCL)"
+#endif
 #include <c10/cuda/CUDAFunctions.h>
+#include <cuda_runtime_api.h>
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
@@ -26,11 +32,30 @@ BackendKind parse_backend(const std::string& name) {
   throw ConfigError("backend '" + name + "' is not gloo or nccl");
 }
 
-bool nccl_available() {
-#ifdef USE_C10D_NCCL
-  return true;
+bool nccl_available() { return nccl_unavailable_reason().empty(); }
+
+std::string nccl_unavailable_reason() {
+#if defined(C10DTEST_WITH_NCCL)
+  return "";
+#elif defined(USE_C10D_NCCL)
+  return "c10dtest was configured without its NCCL backend (C10DTEST_WITH_NCCL=OFF, or nccl.h "
+         "was not found: set C10DTEST_NCCL_INCLUDE_DIR)";
 #else
-  return false;
+  return "this LibTorch was built without NCCL";
+#endif
+}
+
+std::string cuda_device_pci_id(int index) {
+#ifdef C10DTEST_WITH_NCCL
+  char id[64] = {0};
+  if (index < 0 || cudaDeviceGetPCIBusId(id, sizeof(id), index) != cudaSuccess) {
+    (void)cudaGetLastError();  // clears the error for later CUDA calls
+    return "";
+  }
+  return id;
+#else
+  (void)index;
+  return "";
 #endif
 }
 
@@ -89,7 +114,7 @@ ProcessGroupPtr make_gloo(const c10::intrusive_ptr<c10d::Store>& store, int rank
 
 ProcessGroupPtr make_nccl(const c10::intrusive_ptr<c10d::Store>& store, int rank, int size,
                           const GroupOptions& options) {
-#ifdef USE_C10D_NCCL
+#ifdef C10DTEST_WITH_NCCL
   // NCCL binds a communicator to the current device: one device per rank.
   c10::cuda::set_device(static_cast<c10::DeviceIndex>(options.cuda_device));
   auto opts = c10d::ProcessGroupNCCL::Options::create(false);
@@ -105,8 +130,8 @@ ProcessGroupPtr make_nccl(const c10::intrusive_ptr<c10d::Store>& store, int rank
   (void)store;
   (void)rank;
   (void)size;
-  throw ConfigError("the nccl backend was asked for (" + options.name +
-                    ") but this LibTorch was built without NCCL (USE_C10D_NCCL)");
+  throw ConfigError("the nccl backend was asked for (" + options.name + ") but " +
+                    nccl_unavailable_reason());
 #endif
 }
 
@@ -114,15 +139,21 @@ ProcessGroupPtr make_nccl(const c10::intrusive_ptr<c10d::Store>& store, int rank
 
 void release_process_group(ProcessGroupPtr& group, bool failed) {
   if (!group) return;
-#if C10DTEST_TORCH_GE(2, 6)
+#if TORCH_VERSION_MAJOR >= 2 && defined(C10DTEST_WITH_NCCL)
   // Gloo closes its connections when the last reference goes; NCCL wants an explicit shutdown
   // (abort after a failure, so that peers' pending collectives do not wait for this rank).
+  // Called on the backend: ProcessGroup::abort/shutdown only exist from LibTorch 2.7.
   if (group->getBackendName() == "nccl") {
-    if (failed) {
-      group->abort();
-    } else {
-      group->shutdown();
+    auto* nccl = dynamic_cast<c10d::ProcessGroupNCCL*>(
+        group->getBackend(c10::DeviceType::CUDA).get());
+    if (nccl != nullptr && !failed) {
+      try {
+        nccl->shutdown();  // from about 2.8 it waits for the group's kernels, and may throw
+      } catch (const std::exception&) {
+        failed = true;
+      }
     }
+    if (nccl != nullptr && failed) nccl->abort();
   }
 #else
   (void)failed;

@@ -25,6 +25,17 @@ std::chrono::milliseconds remaining(Clock::time_point deadline) {
   return std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
 }
 
+// Turns TCPStoreOptions::useLibUV (LibTorch 2.x) off; false where the field does not exist.
+template <typename Options>
+auto disable_libuv(Options& o, int) -> decltype(o.useLibUV = false, bool()) {
+  o.useLibUV = false;
+  return true;
+}
+template <typename Options>
+bool disable_libuv(Options&, long) {
+  return false;
+}
+
 c10::intrusive_ptr<c10d::TCPStore> make_tcp(const std::string& host, int port, bool server,
                                             int world_size, std::chrono::milliseconds timeout) {
   c10d::TCPStoreOptions opts;
@@ -34,7 +45,16 @@ c10::intrusive_ptr<c10d::TCPStore> make_tcp(const std::string& host, int port, b
   opts.waitWorkers = false;
   // LibTorch 1.13 keeps the connect timeout in whole seconds.
   opts.timeout = std::max(timeout, std::chrono::milliseconds(1000));
-  return c10::make_intrusive<c10d::TCPStore>(host, opts);
+  try {
+    return c10::make_intrusive<c10d::TCPStore>(host, opts);
+  } catch (const c10::Error& e) {
+    // LibTorch 2.x asks for the libuv store by default, which builds without libuv (Debian's)
+    // refuse: use the classic one there.
+    if (std::string(e.what()).find("libuv") == std::string::npos || !disable_libuv(opts, 0)) {
+      throw;
+    }
+    return c10::make_intrusive<c10d::TCPStore>(host, opts);
+  }
 }
 
 void publish_port(const std::string& file, int port, const std::string& job) {
@@ -206,6 +226,21 @@ std::vector<std::string> ControlPlane::all_gather(const std::string& tag,
 
 void ControlPlane::barrier(const std::string& tag, std::chrono::milliseconds timeout) {
   arrive(tag, "", timeout);
+}
+
+bool ControlPlane::leave(const std::string& tag, std::chrono::milliseconds timeout) {
+  if (world_size_ == 1) return true;
+  if (rank_ != 0) {
+    // A set is sent without waiting for a reply: the add is the last request answered.
+    if (add(tag + "/left", 1) == world_size_ - 1) set(tag + "/gone", "1");
+    return true;
+  }
+  try {
+    wait({tag + "/gone"}, timeout);
+    return true;
+  } catch (const std::exception&) {
+    return false;
+  }
 }
 
 c10::intrusive_ptr<c10d::Store> ControlPlane::store() const { return store_; }

@@ -27,7 +27,11 @@ std::uint64_t test_seed() {
 
 int local_gpu_count() { return static_cast<int>(torch::cuda::device_count()); }
 
-void DistributedTest::SetUp() { at::manual_seed(seed()); }
+void DistributedTest::SetUp() {
+  const std::string& why = World::instance().unavailable_reason();
+  if (!why.empty()) GTEST_SKIP() << why;
+  at::manual_seed(seed());
+}
 
 void DistributedTest::barrier() const { process_group()->barrier()->wait(); }
 

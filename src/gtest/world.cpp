@@ -7,10 +7,12 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <set>
 #include <sstream>
 
 #include "c10dtest/control_plane.hpp"
+#include "c10dtest/distributed_test.hpp"
 #include "c10dtest/error.hpp"
 #include "internal.hpp"
 
@@ -41,13 +43,6 @@ World::World(LaunchInfo launch, RunOptions options)
       backend_(parse_backend(options_.backend)) {}
 
 World::~World() = default;
-
-c10::Device World::device() const {
-  if (backend_ == BackendKind::kNccl) {
-    return c10::Device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(local_rank()));
-  }
-  return c10::Device(c10::DeviceType::CPU);
-}
 
 namespace {
 
@@ -100,23 +95,77 @@ GroupOptions World::group_options(const std::string& name, BackendKind backend) 
   GroupOptions o;
   o.backend = backend;
   o.timeout = options_.effective_collective_timeout();
-  o.cuda_device = local_rank();
+  o.cuda_device = device_.is_cuda() ? device_.index() : local_rank();
   o.name = name;
   if (launch_.local_world_size != launch_.world_size) o.gloo_hostname = multi_host_address(launch_);
   return o;
 }
 
 void World::start() {
-  if (backend_ == BackendKind::kNccl && !nccl_available()) {
-    throw ConfigError("--c10dtest_backend=nccl: this LibTorch was built without NCCL");
+  if (backend_ == BackendKind::kNccl && options_.device == "cpu") {
+    throw ConfigError("--c10dtest_backend=nccl with --c10dtest_device=cpu: NCCL only serves CUDA "
+                      "tensors (use gloo for CPU tensors)");
   }
   control_ = ControlPlane::connect(launch_, options_.rendezvous_timeout);
   watchdog_ = std::make_unique<detail::Watchdog>(control_->another_client(), options_);
   watchdog_->start();
-  rebuild_process_groups();
+  choose_device();
+  if (unavailable_.empty()) rebuild_process_groups();
+}
+
+void World::choose_device() {
+  const bool cuda = backend_ == BackendKind::kNccl || options_.device == "cuda";
+  if (!cuda) return;
+  // Each rank says what it would use; the first rank that cannot run gives every rank's reason.
+  std::string why;
+  const int gpus = local_gpu_count();
+  int index = -1;
+  if (backend_ == BackendKind::kNccl && !nccl_available()) {
+    why = nccl_unavailable_reason();
+  } else if (gpus == 0) {
+    why = "no CUDA device is visible here";
+  } else if (backend_ == BackendKind::kNccl && local_rank() >= gpus && gpus > 1) {
+    why = "local rank " + std::to_string(local_rank()) + " has no GPU of its own (" +
+          std::to_string(gpus) + " visible); NCCL needs one GPU per rank";
+  } else {
+    index = local_rank() % gpus;
+  }
+  char host[256] = {0};
+  gethostname(host, sizeof(host) - 1);
+  const std::string pci = index >= 0 ? cuda_device_pci_id(index) : "";
+  const auto all = control_->all_gather("start/device", why + "\n" + host + "\n" + pci,
+                                        options_.rendezvous_timeout);
+  const std::string what = std::string(to_string(backend_)) + " world on cuda";
+  std::vector<std::string> seen;  // "host\npci" per rank
+  for (std::size_t r = 0; r < all.size() && unavailable_.empty(); ++r) {
+    const auto a = all[r].find('\n');
+    const auto b = all[r].find('\n', a + 1);
+    const std::string their_why = all[r].substr(0, a);
+    const std::string their_gpu = all[r].substr(a + 1);
+    if (!their_why.empty()) {
+      unavailable_ = what + ": rank " + std::to_string(r) + ": " + their_why;
+    } else if (backend_ == BackendKind::kNccl && b + 1 < all[r].size()) {
+      // Two NCCL ranks on one GPU make NCCL fail ("Duplicate GPU detected"): say so instead.
+      const auto same = std::find(seen.begin(), seen.end(), their_gpu);
+      if (same != seen.end()) {
+        unavailable_ = what + ": ranks " + std::to_string(same - seen.begin()) + " and " +
+                       std::to_string(r) + " would share GPU " + all[r].substr(b + 1) +
+                       " on " + all[r].substr(a + 1, b - a - 1) +
+                       "; NCCL needs one GPU per rank (run gloo with --c10dtest_device=cuda to "
+                       "share a GPU)";
+      }
+    }
+    seen.push_back(their_gpu);
+  }
+  if (unavailable_.empty()) {
+    device_ = c10::Device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(index));
+  } else if (rank() == 0) {
+    std::fprintf(stderr, "c10dtest: every DistributedTest is skipped: %s\n", unavailable_.c_str());
+  }
 }
 
 ProcessGroupPtr World::process_group() {
+  if (!unavailable_.empty()) throw ConfigError(unavailable_);
   if (!world_group_) {
     throw Error("the world process group is being rebuilt after a failed test; call "
                 "process_group() inside a test instead of keeping it across tests");
@@ -130,6 +179,7 @@ void World::release_process_groups() { release_process_group(world_group_, true)
 
 void World::rebuild_process_groups() {
   release_process_group(world_group_, true);
+  if (!unavailable_.empty()) return;
   ++generation_;
   auto store = c10::make_intrusive<c10d::PrefixStore>(
       "pg/" + std::to_string(generation_) + "/world", control_->store());
@@ -143,8 +193,9 @@ ProcessGroupPtr World::new_subgroups(const std::vector<std::vector<int>>& groups
 ProcessGroupPtr World::new_subgroups(const std::vector<std::vector<int>>& groups,
                                      BackendKind backend) {
   if (backend == BackendKind::kNccl && !nccl_available()) {
-    throw ConfigError("new_group/new_subgroups: this LibTorch was built without NCCL");
+    throw ConfigError("new_group/new_subgroups: nccl: " + nccl_unavailable_reason());
   }
+  if (!unavailable_.empty()) throw ConfigError(unavailable_);
   std::set<int> seen;
   for (const auto& g : groups) {
     if (g.empty()) throw ConfigError("new_subgroups: a group is empty");
@@ -210,6 +261,7 @@ std::int64_t World::min_over_ranks(std::int64_t value) {
 
 int World::stop(int exit_code) {
   int code = exit_code;
+  bool together = false;  // every rank reached the end
   try {
     for (const auto& c : control_->all_gather("exit", std::to_string(exit_code),
                                               options_.rendezvous_timeout)) {
@@ -217,12 +269,14 @@ int World::stop(int exit_code) {
     }
     watchdog_->stop();
     control_->barrier("end", options_.rendezvous_timeout);
+    together = control_->leave("end", options_.rendezvous_timeout);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "c10dtest: %s: could not finish together with the other ranks: %s\n",
                  launch_.describe().c_str(), e.what());
     code = std::max(code, kExitRankDied);
   }
-  release_process_group(world_group_, false);
+  // Without the others, an NCCL shutdown could wait for them: abort instead.
+  release_process_group(world_group_, !together);
   watchdog_.reset();
   control_.reset();
   return code;

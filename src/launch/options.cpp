@@ -53,6 +53,11 @@ void apply(RunOptions& o, const std::string& name, const std::string& value,
       throw ConfigError(what + "='" + value + "' is not a backend (gloo or nccl)");
     }
     o.backend = value;
+  } else if (name == "device") {
+    if (value != "cpu" && value != "cuda") {
+      throw ConfigError(what + "='" + value + "' is not a device (cpu or cuda)");
+    }
+    o.device = value;
   } else if (name == "log_dir") {
     o.log_dir = value;
   } else if (name == "seed") {
@@ -66,14 +71,14 @@ void apply(RunOptions& o, const std::string& name, const std::string& value,
   } else {
     throw ConfigError("unknown flag " + what +
                       "; known: world_size, timeout, collective_timeout, heartbeat_timeout, "
-                      "rendezvous_timeout, backend, log_dir, seed, verify_strategy");
+                      "rendezvous_timeout, backend, device, log_dir, seed, verify_strategy");
   }
 }
 
 constexpr const char* kNames[] = {"world_size",         "timeout", "collective_timeout",
                                   "heartbeat_timeout",  "rendezvous_timeout",
-                                  "backend",            "log_dir", "seed",
-                                  "verify_strategy"};
+                                  "backend",            "device",  "log_dir",
+                                  "seed",               "verify_strategy"};
 
 }  // namespace
 

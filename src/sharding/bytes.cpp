@@ -25,6 +25,23 @@ at::Tensor from_bytes(const at::Tensor& raw, at::ScalarType dtype, at::IntArrayR
   return bytes.view(dtype).reshape(shape);
 }
 
+c10::Device exchange_device(const ProcessGroupPtr& pg) {
+  if (pg->getBackendName() != "nccl") return c10::Device(c10::DeviceType::CPU);
+#if C10DTEST_TORCH_GE(2, 6)
+  if (const auto bound = pg->getBoundDeviceId()) return *bound;
+#endif
+  return c10::Device(c10::DeviceType::CUDA);  // the current device, set when the group was made
+}
+
+void broadcast_bytes(const ProcessGroupPtr& pg, at::Tensor& bytes, int root) {
+  if (bytes.numel() == 0) return;
+  std::vector<at::Tensor> b{bytes.to(exchange_device(pg))};
+  c10d::BroadcastOptions opts;
+  opts.rootRank = root;
+  pg->broadcast(b, opts)->wait();
+  if (!b[0].is_same(bytes)) bytes.copy_(b[0]);
+}
+
 namespace {
 
 std::int64_t padded_length(const std::vector<std::int64_t>& sizes) {
@@ -46,11 +63,12 @@ std::vector<at::Tensor> gather_bytes(const ProcessGroupPtr& pg, const at::Tensor
                                      const std::vector<std::int64_t>& sizes, int root) {
   const int n = pg->getSize();
   const std::int64_t longest = padded_length(sizes);
-  std::vector<at::Tensor> in{padded(bytes, longest)};
+  const at::Tensor staged = bytes.to(exchange_device(pg));
+  std::vector<at::Tensor> in{padded(staged, longest)};
   std::vector<std::vector<at::Tensor>> out;
   if (pg->getRank() == root) {
     out.resize(1);
-    for (int r = 0; r < n; ++r) out[0].push_back(at::empty({longest}, bytes.options()));
+    for (int r = 0; r < n; ++r) out[0].push_back(at::empty({longest}, staged.options()));
   }
   c10d::GatherOptions opts;
   opts.rootRank = root;
@@ -67,9 +85,10 @@ std::vector<at::Tensor> all_gather_bytes(const ProcessGroupPtr& pg, const at::Te
                                          std::optional<std::vector<std::int64_t>> sizes) {
   const int n = pg->getSize();
   if (!sizes) {
-    std::vector<at::Tensor> in{at::full({1}, bytes.numel(), at::kLong)};
+    const auto on = at::TensorOptions().dtype(at::kLong).device(exchange_device(pg));
+    std::vector<at::Tensor> in{at::full({1}, bytes.numel(), on)};
     std::vector<std::vector<at::Tensor>> out(1);
-    for (int r = 0; r < n; ++r) out[0].push_back(at::empty({1}, at::kLong));
+    for (int r = 0; r < n; ++r) out[0].push_back(at::empty({1}, on));
     pg->allgather(out, in)->wait();
     sizes.emplace();
     for (const auto& t : out[0]) sizes->push_back(t.item<std::int64_t>());
@@ -91,8 +110,8 @@ at::Tensor all_gather_padded(const ProcessGroupPtr& pg, const at::Tensor& bytes)
   const int n = pg->getSize();
   const std::int64_t longest = bytes.numel();
   // The outputs are views of one buffer: rank r's bytes land at r * longest.
-  at::Tensor all = at::empty({n * longest}, bytes.options());
-  std::vector<at::Tensor> in{bytes};
+  std::vector<at::Tensor> in{bytes.to(exchange_device(pg))};
+  at::Tensor all = at::empty({n * longest}, in[0].options());
   std::vector<std::vector<at::Tensor>> out(1);
   for (int r = 0; r < n; ++r) out[0].push_back(all.narrow(0, r * longest, longest));
   pg->allgather(out, in)->wait();

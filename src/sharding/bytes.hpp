@@ -1,4 +1,9 @@
-// Private helpers: move tensors of any dtype through Gloo as bytes.
+// Private helpers: move tensors of any dtype through a process group as bytes.
+//
+// Every collective here stages its buffers on exchange_device(pg): CPU for Gloo (also when the
+// tensors live on a GPU: the bytes cross through host memory), the group's GPU for NCCL (which
+// only takes CUDA tensors). Inputs may live anywhere; results are on the exchange device, and
+// callers move them to where the result belongs (a shard's device, or CPU for cpu_offload).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -15,6 +20,13 @@ at::Tensor as_bytes(const at::Tensor& t);
 // The inverse: `bytes` (exactly numel * element size of them) as a tensor of `dtype`, `shape`;
 // a view of them when their offset allows, else a copy.
 at::Tensor from_bytes(const at::Tensor& bytes, at::ScalarType dtype, at::IntArrayRef shape);
+
+// CUDA (the group's bound device, else the current one) for an NCCL group, CPU otherwise.
+c10::Device exchange_device(const ProcessGroupPtr& pg);
+
+// Broadcasts `bytes` (1-D, any dtype, the same length everywhere) from group rank `root` in place,
+// through exchange_device(pg). `bytes` may live on any device.
+void broadcast_bytes(const ProcessGroupPtr& pg, at::Tensor& bytes, int root);
 
 // Allgathers each member's 1-D uint8 tensor over `pg` in one collective (padding to the longest;
 // a tensor that already has the padded length is sent as is);

@@ -147,7 +147,8 @@ at::Tensor assemble(const DTensor& t, const std::vector<at::Tensor>& pieces) {
     std::vector<std::int64_t> shape;
     std::vector<std::int64_t> offset;
     local_extent(t.global_shape(), placements, mesh, coord, &shape, &offset);
-    at::Tensor piece = from_bytes(pieces[i], t.dtype(), shape);
+    // Pieces arrive on the group's exchange device; sums need them on the result's.
+    at::Tensor piece = from_bytes(pieces[i], t.dtype(), shape).to(full.device());
     at::Tensor target = slice(full, shape, offset);
     if (!partial) {
       target.copy_(piece);
@@ -214,10 +215,7 @@ DTensor distribute_tensor(const at::Tensor& full, std::shared_ptr<const DeviceMe
       meta[1] = whole.dim();
       for (std::int64_t d = 0; d < whole.dim(); ++d) meta[2 + d] = whole.size(d);
     }
-    c10d::BroadcastOptions opts;
-    opts.rootRank = root;
-    std::vector<at::Tensor> m{meta};
-    mesh->all_group()->broadcast(m, opts)->wait();
+    detail::broadcast_bytes(mesh->all_group(), meta, root);  // a kLong tensor, sent as is
     const auto dtype = static_cast<at::ScalarType>(meta[0].item<std::int64_t>());
     std::vector<std::int64_t> shape;
     for (std::int64_t d = 0; d < meta[1].item<std::int64_t>(); ++d) {
@@ -225,15 +223,13 @@ DTensor distribute_tensor(const at::Tensor& full, std::shared_ptr<const DeviceMe
     }
     std::int64_t nbytes = static_cast<std::int64_t>(c10::elementSize(dtype));
     for (auto s : shape) nbytes *= s;
-    // Broadcast through CPU memory; the local piece is moved back to the source's device type
-    // only on the source itself (the others cannot know it), so results are on CPU.
-    at::Tensor bytes = me == *source_rank ? detail::as_bytes(whole.cpu()).clone()
+    // The bytes cross on the group's exchange device; every rank's piece then lands on the
+    // world's device (as PyTorch puts it on the mesh's device type): the others cannot know
+    // where the source's tensor lives.
+    at::Tensor bytes = me == *source_rank ? detail::as_bytes(whole).clone()
                                           : at::empty({nbytes}, at::TensorOptions().dtype(at::kByte));
-    if (nbytes > 0) {
-      std::vector<at::Tensor> b{bytes};
-      mesh->all_group()->broadcast(b, opts)->wait();
-    }
-    whole = detail::from_bytes(bytes, dtype, shape);
+    detail::broadcast_bytes(mesh->all_group(), bytes, root);
+    whole = detail::from_bytes(bytes, dtype, shape).to(world.device());
   }
   if (!mesh->contains(me)) {
     return DTensor(at::Tensor(), mesh, std::move(placements), whole.sizes().vec());

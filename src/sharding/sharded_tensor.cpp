@@ -6,6 +6,7 @@
 
 #include "assemble.hpp"
 #include "bytes.hpp"
+#include "c10dtest/world.hpp"
 #include "common/text.hpp"
 
 namespace c10dtest {
@@ -155,7 +156,9 @@ ShardedTensor ShardedTensor::from_local_shards(std::vector<LocalShard> local_sha
   st.meta_.global_shape = global_shape;
   bool dtype_known = false;
   for (int r = 0; r < static_cast<int>(gathered.size()); ++r) {
-    const at::Tensor ints = detail::from_bytes(gathered[static_cast<std::size_t>(r)], at::kLong,
+    // Read on the host (an NCCL group gathers on the GPU).
+    const at::Tensor ints = detail::from_bytes(gathered[static_cast<std::size_t>(r)].cpu(),
+                                               at::kLong,
                                                {gathered[static_cast<std::size_t>(r)].numel() / 8});
     const auto* p = ints.data_ptr<std::int64_t>();
     const auto ndim = static_cast<std::size_t>(p[0]);
@@ -247,7 +250,10 @@ at::Tensor my_piece(const ShardedTensor& t) {
 at::Tensor assemble(const ShardedTensor& t, const std::vector<at::Tensor>& pieces) {
   const auto& meta = t.metadata();
   const auto element = static_cast<std::int64_t>(c10::elementSize(meta.dtype));
-  at::Tensor full = at::empty(meta.global_shape, at::TensorOptions().dtype(meta.dtype));
+  // On the device of this rank's shards (the world's device for a rank without any).
+  const c10::Device home = t.local_shards().empty() ? World::instance().device()
+                                                    : t.local_shards().front().tensor.device();
+  at::Tensor full = at::empty(meta.global_shape, at::TensorOptions().dtype(meta.dtype).device(home));
   std::vector<std::int64_t> cursor(pieces.size(), 0);
   for (const auto& m : meta.shards) {
     const std::int64_t n = volume(m.sizes) * element;

@@ -102,7 +102,8 @@ std::vector<Preamble> exchange_preambles(const ProcessGroupPtr& group, const Pre
       std::vector<std::int64_t>(static_cast<std::size_t>(group->getSize()), sizeof(Preamble)));
   std::vector<Preamble> out(all.size());
   for (std::size_t r = 0; r < all.size(); ++r) {
-    std::memcpy(&out[r], all[r].contiguous().data_ptr(), sizeof(Preamble));
+    // Read on the host (an NCCL group gathers on the GPU).
+    std::memcpy(&out[r], all[r].cpu().contiguous().data_ptr(), sizeof(Preamble));
   }
   return out;
 }
@@ -201,10 +202,14 @@ StateDict gather_state_dict(const StateDict& state_dict, const GatherOptions& op
     std::vector<at::Tensor> pieces;
     if (!options.ranks_only && concatenation_is_full(batch, sizes)) {
       const auto& d = batch.leaves[0].value->as<DTensor>();
+      // A full tensor lives where its shards did, or on CPU with cpu_offload.
+      const c10::Device home = options.cpu_offload ? c10::Device(c10::DeviceType::CPU)
+                                                   : d.local().device();
       const at::Tensor full =
           detail::from_bytes(detail::all_gather_padded(batch.group, mine), d.dtype(),
-                             d.global_shape());
-      *batch.leaves[0].value = options.cpu_offload ? full.cpu() : full;
+                             d.global_shape())
+              .to(home);
+      *batch.leaves[0].value = full;
       continue;
     }
     if (!options.ranks_only) {
@@ -332,12 +337,6 @@ std::vector<at::Tensor> tensors_in(StateValue& root) {
   return out;
 }
 
-void broadcast_bytes(const ProcessGroupPtr& group, at::Tensor& bytes) {
-  if (bytes.numel() == 0) return;
-  std::vector<at::Tensor> b{bytes};
-  group->broadcast(b)->wait();
-}
-
 }  // namespace
 
 StateDict broadcast_state_dict(const StateDict& state_dict, ProcessGroupPtr group) {
@@ -348,10 +347,10 @@ StateDict broadcast_state_dict(const StateDict& state_dict, ProcessGroupPtr grou
   if (root) encode(StateValue(state_dict), structure, &tensors);
   // 1: the structure's length, 2: the structure, 3: every tensor's bytes back to back.
   at::Tensor length = at::full({1}, static_cast<std::int64_t>(structure.size()), at::kLong);
-  broadcast_bytes(group, length);
+  detail::broadcast_bytes(group, length, 0);
   at::Tensor text = at::empty({length.item<std::int64_t>()}, at::kByte);
   if (root && !structure.empty()) std::memcpy(text.data_ptr(), structure.data(), structure.size());
-  broadcast_bytes(group, text);
+  detail::broadcast_bytes(group, text, 0);
   if (!root) structure.assign(static_cast<const char*>(text.data_ptr()), static_cast<std::size_t>(text.numel()));
 
   detail::FieldReader in(structure, "state dict structure");
@@ -368,7 +367,7 @@ StateDict broadcast_state_dict(const StateDict& state_dict, ProcessGroupPtr grou
   } else {
     blob = at::empty({total}, at::kByte);
   }
-  broadcast_bytes(group, blob);
+  detail::broadcast_bytes(group, blob, 0);
   if (root) return std::move(out.as<StateDict>());
   std::int64_t cursor = 0;
   for (const auto& t : targets) {

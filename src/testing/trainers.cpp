@@ -66,7 +66,7 @@ at::Tensor local_piece(const at::Tensor& full, const ParamLayout& layout) {
 // Sums `tensors` (replaced by the sums) and `flags` over `group`: one all-reduce per dtype, the
 // flags riding with the first dtype (small counts are exact in any floating type).
 void all_reduce_coalesced(const ProcessGroupPtr& group, std::vector<at::Tensor>& tensors,
-                          std::vector<double>& flags) {
+                          std::vector<double>& flags, c10::Device device) {
   if (group->getSize() == 1) return;
   std::vector<at::ScalarType> dtypes;
   for (const auto& t : tensors) {
@@ -85,8 +85,9 @@ void all_reduce_coalesced(const ProcessGroupPtr& group, std::vector<at::Tensor>&
     }
     const bool with_flags = b == 0 && !flags.empty();
     if (with_flags) {
+      // On the trainer's device on every rank (Gloo runs CPU and CUDA tensors differently).
       parts.push_back(at::tensor(flags, at::TensorOptions().dtype(at::kDouble))
-                          .to(parts.empty() ? at::kCPU : parts[0].device(), dtypes[b]));
+                          .to(device, dtypes[b]));
     }
     std::vector<at::Tensor> flat{at::cat(parts)};
     group->allreduce(flat)->wait();
@@ -171,9 +172,10 @@ const char* to_string(Parallelism kind) {
 // ---- data parallel -----------------------------------------------------------------------------
 
 DataParallelTrainer::DataParallelTrainer(ModelSpec spec, Parallelism kind,
-                                         OptimizerFactory make_optimizer)
-    : spec_(std::move(spec)), kind_(kind) {
+                                         OptimizerFactory make_optimizer, c10::Device device)
+    : spec_(std::move(spec)), kind_(kind), device_(device) {
   module_ = spec_.make();
+  module_->to(device_);
   params_ = unique_named_parameters(*module_);
   if (kind_ != Parallelism::Local) {
     const std::int64_t world = World::instance().world_size();
@@ -236,7 +238,7 @@ void DataParallelTrainer::reshard_and_reduce_gradients() {
     flags.push_back(p.grad().defined() ? 1.0 : 0.0);
   }
   // Within a row of the HSDP mesh (the shard group), else over the whole 1-D mesh.
-  all_reduce_coalesced(mesh_->group(kind_ == Parallelism::HSDP ? 1 : 0), grads, flags);
+  all_reduce_coalesced(mesh_->group(kind_ == Parallelism::HSDP ? 1 : 0), grads, flags, device_);
   if (sharded) {
     for (std::size_t k = 0; k < trainable.size(); ++k) {
       const auto& [path, p] = params_[trainable[k]];
@@ -251,7 +253,7 @@ void DataParallelTrainer::reshard_and_reduce_gradients() {
     saved_pieces_.clear();
   }
   // Across the HSDP replicas.
-  if (kind_ == Parallelism::HSDP) all_reduce_coalesced(mesh_->group(0), grads, flags);
+  if (kind_ == Parallelism::HSDP) all_reduce_coalesced(mesh_->group(0), grads, flags, device_);
   for (std::size_t k = 0; k < trainable.size(); ++k) {
     at::Tensor p = params_[trainable[k]].second;
     p.mutable_grad() = flags[k] > 0 ? grads[k] : at::Tensor();
@@ -262,7 +264,7 @@ void DataParallelTrainer::step(const at::Tensor& input) {
   std::vector<at::Tensor> params;
   for (const auto& np : params_) params.push_back(np.second);
   clear_gradients(params);
-  at::Tensor batch = input;
+  at::Tensor batch = input.to(device_);
   if (kind_ != Parallelism::Local) {
     const ChunkExtent rows = chunk_extent(input.size(0), mesh_->numel(),
                                           static_cast<std::int64_t>(World::instance().rank()));

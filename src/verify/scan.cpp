@@ -171,7 +171,9 @@ void scan_complex_block(const at::Tensor& e, const at::Tensor& a, std::int64_t b
   const auto* dp = diff.data_ptr<double>();
   for (std::int64_t k = 0; k < bad_idx.size(0); ++k) {
     const std::int64_t i = bad_idx[k][0].item<std::int64_t>();
-    record(s, w, base + i, dp[i], std::abs(ep[i]), complex_text(ep[i]), complex_text(ap[i]));
+    // |e| by hand: std::abs(c10::complex) moves out of namespace std in newer LibTorch.
+    record(s, w, base + i, dp[i], std::hypot(ep[i].real(), ep[i].imag()), complex_text(ep[i]),
+           complex_text(ap[i]));
   }
 }
 

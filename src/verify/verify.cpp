@@ -850,7 +850,9 @@ std::vector<std::vector<Finding>> gather_and_check(const std::vector<LeafInfo>& 
         at_byte += s.bytes;
       }
     }
-    const std::vector<at::Tensor> got = detail::gather_bytes(pg, send, sizes, root);
+    // Compared on CPU: one copy per round when the group exchanges on a GPU (NCCL).
+    std::vector<at::Tensor> got = detail::gather_bytes(pg, send, sizes, root);
+    for (auto& g : got) g = g.cpu();
     if (rank != root) continue;
     for (int r = 0; r < size; ++r) {
       const auto& rb = batches[static_cast<std::size_t>(r)];

@@ -26,6 +26,7 @@ class Planted : public c10dtest::DistributedTest, public c10dtest::VerifyStateDi
  protected:
   void SetUp() override {
     DistributedTest::SetUp();
+    if (IsSkipped()) return;
     train(ct::Parallelism::FSDP);
   }
 

@@ -279,6 +279,38 @@ TEST_P(ChildSuite, SkipIsASkipOnEveryRank) {
   EXPECT_EQ(o.output.find("ran although"), std::string::npos) << o.output;
 }
 
+// A world that cannot run here (NCCL without NCCL or without a GPU per rank, CUDA tensors
+// without a GPU) skips every DistributedTest on every rank with the reason, and exits 0. On a
+// machine where it can run, the same suite passes.
+void expect_skipped_everywhere_or_passed(const Outcome& o, const std::string& reason) {
+  EXPECT_EQ(o.exit_code, 0) << o.output;
+  if (o.output.find("every DistributedTest is skipped") == std::string::npos) {
+    EXPECT_NE(o.output.find("[  PASSED  ] 3 tests."), std::string::npos) << o.output;
+    return;
+  }
+  EXPECT_EQ(count(o.output, "c10dtest: every DistributedTest is skipped: " + reason), 1)
+      << o.output;
+  EXPECT_NE(o.output.find("[  SKIPPED ] 3 tests, listed below:"), std::string::npos) << o.output;
+  EXPECT_NE(o.output.find("[  PASSED  ] 0 tests."), std::string::npos) << o.output;
+}
+
+TEST_P(ChildSuite, NcclWorldThatCannotRunHereSkipsEveryTestWithTheReason) {
+  const Outcome o = run_child(2, "--gtest_filter=Passing.* --c10dtest_backend=nccl");
+  expect_skipped_everywhere_or_passed(o, "nccl world on cuda: rank");
+}
+
+TEST_P(ChildSuite, CudaTensorsWithoutAGpuSkipEveryTestWithTheReason) {
+  const Outcome o = run_child(2, "--gtest_filter=Passing.* --c10dtest_device=cuda");
+  expect_skipped_everywhere_or_passed(o, "gloo world on cuda: rank 0: no CUDA device is visible");
+}
+
+TEST_P(ChildSuite, NcclWithCpuTensorsIsAConfigError) {
+  const Outcome o =
+      run_child(2, "--gtest_filter=Passing.* --c10dtest_backend=nccl --c10dtest_device=cpu");
+  EXPECT_EQ(o.exit_code, kExitConfigError) << o.output;
+  EXPECT_NE(o.output.find("NCCL only serves CUDA tensors"), std::string::npos) << o.output;
+}
+
 TEST_P(ChildSuite, TwoSuitesStartedAtOnceBothPass) {
   const std::string a = child(GetParam(), 2, "--gtest_filter=Passing.*", tag_);
   const std::string b = child(GetParam(), 2, "--gtest_filter=Passing.*", tag_);
@@ -373,7 +405,7 @@ INSTANTIATE_TEST_SUITE_P(Launchers, ChildSuite, ::testing::Values(Launch::kMpiru
                          [](const auto& info) { return launch_name(info.param); });
 
 TEST(MpirunOnly, DifferentTestListsOnTheRanksAreAClearError) {
-  if (std::string(C10DTEST_MPIEXEC).empty()) GTEST_SKIP() << "no mpiexec";
+  if (std::string(C10DTEST_MPIEXEC).empty()) GTEST_SKIP() << "no mpiexec found at configure time";
   const std::string bin = C10DTEST_CHILD_SUITE;
   const Outcome o = run(std::string(C10DTEST_MPIEXEC) + " -n 1 " + bin +
                         " --gtest_filter=Passing.* : -n 1 " + bin + " --gtest_filter=Passing.A");
@@ -494,7 +526,7 @@ class PlantedBugs : public ::testing::TestWithParam<int> {};
 // Every planted bug fails with its key named (once, not once per rank), the correct
 // implementations pass, and the gather strategy gives the same verdicts with the same messages.
 TEST_P(PlantedBugs, EachIsCaughtNamingItsKeyAndBothStrategiesAgree) {
-  if (std::string(C10DTEST_MPIEXEC).empty()) GTEST_SKIP() << "no mpiexec";
+  if (std::string(C10DTEST_MPIEXEC).empty()) GTEST_SKIP() << "no mpiexec found at configure time";
   const int ranks = GetParam();
   const std::string tag = unique_tag();
   const std::string cmd = "C10DTEST_DRIVER_TAG=" + tag + " " + C10DTEST_MPIEXEC +

@@ -36,7 +36,17 @@ TEST(RunOptions, DefaultsAreGenerousAndCollectivesTimeOutFirst) {
   EXPECT_EQ(o.test_timeout, 300000ms);
   EXPECT_EQ(o.effective_collective_timeout(), 240000ms);
   EXPECT_EQ(o.backend, "gloo");
+  EXPECT_EQ(o.device, "");  // the backend's own device
   EXPECT_EQ(o.spawn_world_size, 0);
+}
+
+TEST(RunOptions, BackendAndDeviceComeFromFlagsOrVariables) {
+  Args a({"bin", "--c10dtest_device=cuda"});
+  const auto o = c10dtest::parse_run_options(
+      &a.argc, a.argv.data(), env_of({{"C10DTEST_BACKEND", "nccl"}, {"C10DTEST_DEVICE", "cpu"}}));
+  EXPECT_EQ(o.backend, "nccl");
+  EXPECT_EQ(o.device, "cuda");
+  EXPECT_EQ(a.argc, 1);
 }
 
 TEST(RunOptions, FlagsAreRemovedAndOverrideVariables) {
@@ -84,6 +94,8 @@ TEST(RunOptions, BadValuesAreNamed) {
             "--c10dtest_timeout='-1' is not a positive number of seconds");
   EXPECT_EQ(error_of({"--c10dtest_backend=mpi"}),
             "--c10dtest_backend='mpi' is not a backend (gloo or nccl)");
+  EXPECT_EQ(error_of({}, {{"C10DTEST_DEVICE", "gpu"}}),
+            "C10DTEST_DEVICE='gpu' is not a device (cpu or cuda)");
   EXPECT_EQ(error_of({}, {{"C10DTEST_TIMEOUT", "x"}}),
             "C10DTEST_TIMEOUT='x' is not a positive number of seconds");
   EXPECT_EQ(error_of({"--c10dtest_world_size=0"}), "--c10dtest_world_size='0' must be at least 1");

@@ -84,7 +84,8 @@ TEST_P(DataParallelScenario, SaveVerifyLoadVerify) {
   ct::DataParallelTrainer local(ct::composite_param_model_spec(), ct::Parallelism::Local,
                                 dp().make());
   at::manual_seed(11);
-  ct::DataParallelTrainer dist(ct::composite_param_model_spec(), dp().kind, dp().make());
+  ct::DataParallelTrainer dist(ct::composite_param_model_spec(), dp().kind, dp().make(),
+                                this->device());
   for (int i = 0; i < kSteps; ++i) {
     const at::Tensor x = batch();
     local.step(x);
@@ -104,7 +105,8 @@ TEST_P(DataParallelScenario, SaveVerifyLoadVerify) {
                                           options()));
 
   at::manual_seed(99);  // a fresh model that starts elsewhere
-  ct::DataParallelTrainer fresh(ct::composite_param_model_spec(), dp().kind, dp().make());
+  ct::DataParallelTrainer fresh(ct::composite_param_model_spec(), dp().kind, dp().make(),
+                                this->device());
   EXPECT_FALSE(verify_msd(ref(msd), fresh.model_state_dict(), options()));
   fresh.load_model_state_dict(dist_msd);
   fresh.load_optimizer_state_dict(dist_osd);
@@ -139,14 +141,15 @@ class Scenario : public ScenarioTest<Mode> {
  protected:
   const Mode& mode() const override { return GetParam(); }
 
-  // Local and FSDP trainers of `spec`, trained kSteps on `input()`.
+  // Local (on CPU) and FSDP (on the test's device()) trainers of `spec`, trained kSteps on
+  // `input()`.
   template <typename Input>
   std::pair<ct::DataParallelTrainer, ct::DataParallelTrainer> trained(
       const ct::ModelSpec& spec, ct::Parallelism kind, Input&& input) {
     at::manual_seed(5);
     ct::DataParallelTrainer local(spec, ct::Parallelism::Local, ct::adam(1e-2));
     at::manual_seed(5);
-    ct::DataParallelTrainer dist(spec, kind, ct::adam(1e-2));
+    ct::DataParallelTrainer dist(spec, kind, ct::adam(1e-2), this->device());
     for (int i = 0; i < kSteps; ++i) {
       const at::Tensor x = input();
       local.step(x);
@@ -255,6 +258,14 @@ TEST_P(Scenario, CpuOffloadWithFullStateDict) {
   } else {
     EXPECT_TRUE(msd.empty());
     EXPECT_TRUE(osd.empty());
+  }
+  // Without cpu_offload, every rank gets the full values where the shards live.
+  full.cpu_offload = false;
+  const StateDict on_device = dist.model_state_dict(full);
+  ASSERT_EQ(on_device.size(), 16u);
+  for (std::size_t i = 0; i < on_device.size(); ++i) {
+    ASSERT_TRUE(on_device.value(i).is<at::Tensor>()) << on_device.keys()[i];
+    EXPECT_EQ(on_device.value(i).as<at::Tensor>().device(), device()) << on_device.keys()[i];
   }
   VerifyOptions o = options();
   o.ranks = std::vector<int>{0};

@@ -27,6 +27,7 @@ class Verifier : public c10dtest::DistributedTest, public c10dtest::VerifyStateD
   // along dim 1, a plain tensor, an integer tensor, scalars, a nested dict and lists.
   void SetUp() override {
     DistributedTest::SetUp();
+    if (IsSkipped()) return;
     const auto mesh = DeviceMesh::create({world_size()});
     add("w.rows", at::randn({7, 5}), [&](const at::Tensor& t) {
       return c10dtest::distribute_tensor(t, mesh, {Shard{0}});
@@ -330,6 +331,7 @@ class VerifyOsd : public c10dtest::DistributedTest, public c10dtest::VerifyState
  protected:
   void SetUp() override {
     DistributedTest::SetUp();
+    if (IsSkipped()) return;
     model_ = torch::nn::Linear(6, 4);
     optim_ = std::make_unique<torch::optim::Adam>(model_->parameters(),
                                                   torch::optim::AdamOptions(0.01));

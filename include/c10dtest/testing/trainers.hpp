@@ -110,12 +110,15 @@ class TrainedModel {
 // Data-parallel training of a ModelSpec.
 class DataParallelTrainer : public TrainedModel {
  public:
-  // Builds the model with spec.make(), lays it out for `kind` and builds the optimizer over the
-  // laid-out parameters (so its state has the parameters' local shapes). Collective except for
-  // Local. ConfigError for HSDP on an odd world size.
-  DataParallelTrainer(ModelSpec spec, Parallelism kind, OptimizerFactory make_optimizer);
+  // Builds the model with spec.make(), moves it to `device`, lays it out for `kind` and builds
+  // the optimizer over the laid-out parameters (so its state has the parameters' local shapes).
+  // Collective except for Local. ConfigError for HSDP on an odd world size. Pass the test's
+  // device() to train on a GPU (a CPU reference beside it is verified across devices).
+  DataParallelTrainer(ModelSpec spec, Parallelism kind, OptimizerFactory make_optimizer,
+                      c10::Device device = c10::Device(c10::DeviceType::CPU));
 
-  // One step on the global batch `input` (the same on every rank). Local runs all rows; the other
+  // One step on the global batch `input` (the same on every rank, on any device: it is moved to
+  // the trainer's). Local runs all rows; the other
   // kinds give data-parallel rank r (the world rank) rows torch.chunk(input, W)[r]. The loss is
   // forward(...).sum(); gradients are summed over ranks, so the step equals the Local step on the
   // whole batch. A parameter gets a gradient when it got one on any rank; frozen parameters
@@ -123,6 +126,7 @@ class DataParallelTrainer : public TrainedModel {
   void step(const at::Tensor& input);
 
   Parallelism kind() const { return kind_; }
+  c10::Device device() const { return device_; }
   // The module; for FSDP and HSDP its parameters hold this rank's pieces (between steps).
   torch::nn::Module& model() { return *module_; }
   const torch::nn::Module& model() const { return *module_; }
@@ -133,6 +137,7 @@ class DataParallelTrainer : public TrainedModel {
 
   ModelSpec spec_;
   Parallelism kind_;
+  c10::Device device_;
   // Unique parameters, each with its first path, and their local pieces while unsharded.
   std::vector<std::pair<std::string, at::Tensor>> params_;
   std::vector<at::Tensor> saved_pieces_;
