@@ -15,6 +15,7 @@ scripts/build.sh trivial_tests >/dev/null
 bin=${C10DTEST_BUILD_DIR:-build}/bench/trivial_tests
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export OMPI_MCA_rmaps_base_oversubscribe=1 OMPI_MCA_btl_vader_single_copy_mechanism=none
+export PRTE_MCA_rmaps_default_mapping_policy=:oversubscribe  # the same for Open MPI 5
 
 seconds() {  # runs "$@" quietly, prints wall seconds; fails if the run failed
   local start end

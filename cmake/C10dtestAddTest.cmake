@@ -93,7 +93,9 @@ function(c10dtest_add_test target)
           list(APPEND env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1)
         endif()
         if(n GREATER cores)
-          list(APPEND env OMPI_MCA_rmaps_base_oversubscribe=1)
+          # Open MPI 4 reads the first, Open MPI 5 (PRRTE) the second.
+          list(APPEND env OMPI_MCA_rmaps_base_oversubscribe=1
+                          PRTE_MCA_rmaps_default_mapping_policy=:oversubscribe)
         endif()
       endif()
     elseif(ARG_LAUNCHER STREQUAL "srun")

@@ -12,13 +12,15 @@ src=$(cd "$(dirname "$0")/../.." && pwd)
 work=$(mktemp -d "${TMPDIR:-/tmp}/c10dtest-package.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
-args=(-DC10DTEST_CONSUMER_MODE="$mode" -DCMAKE_BUILD_TYPE=Release)
+args=(-DC10DTEST_CONSUMER_MODE="$mode")
 case $mode in
   package)
     cmake --install "$build" --prefix "$work/prefix" >/dev/null
-    args+=(-DCMAKE_PREFIX_PATH="$work/prefix")
+    args+=(-DCMAKE_PREFIX_PATH="$work/prefix" -DCMAKE_BUILD_TYPE=Release)
     ;;
   subdirectory)
+    # This mode and fetchcontent compile the library again from source: unoptimised (no build
+    # type), which is quickest; what they check is the CMake wiring.
     args+=(-DC10DTEST_SOURCE="$src")
     ;;
   fetchcontent)
