@@ -110,7 +110,7 @@ void World::start() {
   watchdog_ = std::make_unique<detail::Watchdog>(control_->another_client(), options_);
   watchdog_->start();
   choose_device();
-  if (unavailable_.empty()) rebuild_process_groups();
+  rebuild_process_groups();  // builds nothing when the world cannot run here
 }
 
 void World::choose_device() {

@@ -98,7 +98,8 @@ std::vector<at::Tensor> all_gather_bytes(const ProcessGroupPtr& pg, const at::Te
                 std::to_string(n));
   }
   const std::int64_t longest = padded_length(*sizes);
-  const at::Tensor all = all_gather_padded(pg, padded(bytes, longest));
+  // Staged before padding, so that the padded copy is made on the exchange device only.
+  const at::Tensor all = all_gather_padded(pg, padded(bytes.to(exchange_device(pg)), longest));
   std::vector<at::Tensor> result;
   for (int r = 0; r < n; ++r) {
     result.push_back(all.narrow(0, r * longest, (*sizes)[static_cast<std::size_t>(r)]));
