@@ -29,9 +29,12 @@ class ControlPlane {
  public:
   // Rank 0 serves the store (on an ephemeral loopback port for a file rendezvous), every rank
   // connects, and all meet in a barrier. Throws RendezvousError on timeout, naming the file or
-  // address and the ranks that did not arrive.
-  static std::unique_ptr<ControlPlane> connect(const LaunchInfo& launch,
-                                               std::chrono::milliseconds timeout);
+  // address and the ranks that did not arrive. `stall`: when no rank has arrived for that long
+  // while some are still missing (a rank stopped or crashed at start-up), the missing ranks are
+  // named at once instead of after `timeout`; likewise when rank 0's store does not appear.
+  static std::unique_ptr<ControlPlane> connect(
+      const LaunchInfo& launch, std::chrono::milliseconds timeout,
+      std::chrono::milliseconds stall = std::chrono::milliseconds::max());
   ~ControlPlane();
 
   // A second connection to the same store and key space, for another thread (a c10d store
@@ -65,6 +68,9 @@ class ControlPlane {
  private:
   ControlPlane(int rank, int world_size, std::string host, int port, std::string prefix,
                c10::intrusive_ptr<c10d::TCPStore> tcp, std::string rendezvous_file);
+  // The start barrier: `arrive`, with the stall rule of connect().
+  void start_barrier(const LaunchInfo& launch, std::chrono::steady_clock::time_point deadline,
+                     std::chrono::milliseconds stall);
   // Posts this rank's value under `tag` and waits until every rank has.
   void arrive(const std::string& tag, const std::string& value,
               std::chrono::milliseconds timeout);

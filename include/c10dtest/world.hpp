@@ -21,6 +21,8 @@ class ControlPlane;
 namespace detail {
 class Watchdog;
 class DistributedListener;
+class Lifeline;
+class Report;
 }  // namespace detail
 
 class World {
@@ -99,6 +101,8 @@ class World {
   std::string unavailable_;
   std::unique_ptr<ControlPlane> control_;
   std::unique_ptr<detail::Watchdog> watchdog_;
+  detail::Report* report_ = nullptr;      // set by init(); lives as long as the process
+  detail::Lifeline* lifeline_ = nullptr;  // the same
   ProcessGroupPtr world_group_;
   int generation_ = 0;
   int group_seq_ = 0;

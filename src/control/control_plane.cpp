@@ -21,10 +21,6 @@ using Clock = std::chrono::steady_clock;
 std::vector<std::uint8_t> bytes(const std::string& s) { return {s.begin(), s.end()}; }
 std::string text(const std::vector<std::uint8_t>& b) { return {b.begin(), b.end()}; }
 
-std::chrono::milliseconds remaining(Clock::time_point deadline) {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-}
-
 // Turns TCPStoreOptions::useLibUV (LibTorch 2.x) off; false where the field does not exist.
 template <typename Options>
 auto disable_libuv(Options& o, int) -> decltype(o.useLibUV = false, bool()) {
@@ -95,8 +91,11 @@ ControlPlane::~ControlPlane() {
 }
 
 std::unique_ptr<ControlPlane> ControlPlane::connect(const LaunchInfo& launch,
-                                                    std::chrono::milliseconds timeout) {
-  const auto deadline = Clock::now() + timeout;
+                                                    std::chrono::milliseconds timeout,
+                                                    std::chrono::milliseconds stall) {
+  const auto start = Clock::now();
+  const auto deadline = start + timeout;
+  const auto stall_at = stall >= timeout ? deadline : start + stall;
   const std::string prefix = "c10dtest/" + launch.job_id;
   const int rank = launch.rank;
   const int size = launch.world_size;
@@ -145,21 +144,69 @@ std::unique_ptr<ControlPlane> ControlPlane::connect(const LaunchInfo& launch,
           last_error = "port " + std::to_string(port) + ": " + e.what();
         }
       }
-      if (Clock::now() >= deadline) {
+      if (Clock::now() >= stall_at) {
+        const auto waited = std::chrono::duration_cast<std::chrono::milliseconds>(
+            Clock::now() - start);
         throw RendezvousError(launch.describe() + ": rank 0 did not publish its store in " +
                               launch.rendezvous_file + " within " +
-                              std::to_string(timeout.count()) + " ms (" + last_error + ")");
+                              std::to_string(waited.count()) + " ms (" + last_error +
+                              "): it was stopped, crashed or never started");
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
   }
   cp->tcp_->setTimeout(timeout);
-  try {
-    cp->barrier("start", std::max(remaining(deadline), std::chrono::milliseconds(1)));
-  } catch (const TimeoutError& e) {
-    throw RendezvousError(launch.describe() + ": " + e.what());
-  }
+  cp->start_barrier(launch, deadline, stall);
   return cp;
+}
+
+void ControlPlane::start_barrier(const LaunchInfo& launch, Clock::time_point deadline,
+                                 std::chrono::milliseconds stall) {
+  char host[256] = {0};
+  gethostname(host, sizeof(host) - 1);
+  const std::string me = std::string(host) + ", pid " + std::to_string(getpid());
+  set("start/" + std::to_string(rank_), me);
+  if (add("start/n", 1) == world_size_) set("start/all", "1");
+  std::int64_t arrived = -1;
+  auto progress = Clock::now();
+  for (int round = 0;; ++round) {
+    // Polled, not waited for in slices: a c10d store wait that times out leaves its reply on
+    // the connection, and the next request would read it.
+    if (check({"start/all"})) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    if (round % 10 != 0) continue;
+    const auto now = Clock::now();
+    const std::int64_t count = add("start/n", 0);
+    if (count != arrived) {
+      arrived = count;
+      progress = now;
+    }
+    const bool stalled = stall < std::chrono::milliseconds::max() &&
+                         Clock::now() - progress >= stall;
+    if (!stalled && Clock::now() < deadline) continue;
+    std::vector<int> missing;
+    std::ostringstream here;
+    for (int r = 0; r < world_size_; ++r) {
+      const std::string k = "start/" + std::to_string(r);
+      if (!check({k})) {
+        missing.push_back(r);
+      } else if (here.tellp() < 400) {
+        here << (here.tellp() > 0 ? "; " : "") << "rank " << r << " on " << text(store_->get(k));
+      }
+    }
+    std::ostringstream os;
+    os << launch.describe() << ": " << (missing.size() == 1 ? "rank" : "ranks");
+    for (std::size_t i = 0; i < missing.size(); ++i) os << (i ? ", " : " ") << missing[i];
+    os << " of " << world_size_ << " did not arrive at the start ";
+    if (stalled) {
+      os << "within " << stall.count() << " ms of the last rank that did (stopped, crashed or "
+         << "never started: no host is known for a rank that never connected)";
+    } else {
+      os << "within the rendezvous timeout";
+    }
+    os << "; arrived: " << here.str();
+    throw RendezvousError(os.str());
+  }
 }
 
 std::unique_ptr<ControlPlane> ControlPlane::another_client() const {

@@ -23,11 +23,22 @@ class World;
 namespace detail {
 
 // ---- signals.cpp -------------------------------------------------------------------------------
-// Fatal signals (SEGV, BUS, FPE, ILL, ABRT) print "c10dtest: rank R of W: fatal signal ... in
-// test T" and a backtrace to stderr, then die with the same signal.
+// Fatal signals (SEGV, BUS, FPE, ILL, ABRT) tell the other ranks (through the lifeline), print
+// "c10dtest: rank R of W: SIGSEGV (segmentation fault) in test T" and a backtrace to stderr,
+// call the handler installed before (a sanitizer's, the user's), then exit with kExitRankDied,
+// or die of the signal when core dumps are enabled (RLIMIT_CORE). Called first thing in init()
+// (with the rank the environment suggests) and again once the launch is known.
 void install_fatal_signal_handlers(int rank, int world_size);
-// The test name the fatal-signal handler reports (copied; empty outside tests).
+// The "c10dtest: rank R of W: " prefix of the handler's line.
+void set_signal_rank(int rank, int world_size);
+// Gives the calling thread its own alternate signal stack, so that a stack overflow on it is
+// reported. c10dtest calls it on every thread it starts; threads of Gloo, ATen or the user's
+// code have none, and a stack overflow there kills the process without a report.
+void prepare_thread_for_signals();
+// What the handler says the rank was doing: "in test T" ("" when name is empty).
 void set_current_test_name(const std::string& name);
+// The same for work outside a test: "during start-up", "during shutdown".
+void set_current_activity(const std::string& phrase);
 // Records the calling thread as the one whose stack capture_main_stack() reads.
 void register_main_thread();
 // Interrupts the main thread, collects its backtrace and returns it symbolised, one frame a line
@@ -67,9 +78,11 @@ RankResult result_of(const std::string& name, const ::testing::TestResult& resul
 // ---- watchdog.cpp ------------------------------------------------------------------------------
 // A thread per rank with its own control-plane connection: heartbeats, the per-test deadline and
 // (on rank 0) detection of dead ranks. It ends the whole run when a test overruns or a rank dies.
+class Lifeline;
+
 class Watchdog {
  public:
-  Watchdog(std::unique_ptr<ControlPlane> client, const RunOptions& options);
+  Watchdog(std::unique_ptr<ControlPlane> client, const RunOptions& options, Lifeline& lifeline);
   ~Watchdog();
 
   void start();
@@ -92,12 +105,12 @@ class Watchdog {
   void beat_and_check();
   void on_deadline();
   void check_peers();
-  // Rank 0: prints `report`, tells every rank to exit with `code`, waits (briefly) until
-  // `acks_expected` ranks have read it, then exits.
-  [[noreturn]] void end_run(int code, const std::string& report, int acks_expected);
+  // After this process did not run for a while: starts the others' silence afresh.
+  void forgive_silence(Clock::time_point now);
 
   std::unique_ptr<ControlPlane> cp_;
   RunOptions options_;
+  Lifeline& lifeline_;
   std::thread thread_;
   std::atomic<bool> stop_{false};
   std::thread guard_;
@@ -137,8 +150,12 @@ class DistributedListener : public ::testing::EmptyTestEventListener {
 
  private:
   // Arms the watchdog for the suite-level code (SetUpTestSuite, TearDownTestSuite, fixture
-  // code between tests) of the running suite.
-  void arm_for_suite(const std::string& suite_name);
+  // code between tests) of the running suite; `report`: the report's work in progress too.
+  void arm_for_suite(const std::string& suite_name, bool report);
+  // After `finished`: the report's work in progress is the suite's next test (a fault before it
+  // starts interrupts it, as far as the ranks still running it can tell), or the suite's own
+  // code after its last test.
+  void begin_next(const ::testing::TestInfo& finished);
   // At a suite's first test: if SetUpTestSuite failed on any rank, skip the suite everywhere.
   void agree_on_suite_set_up();
   // Every rank posts `mine` under `key`; returns all ranks' results, parsed.

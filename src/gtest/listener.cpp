@@ -12,6 +12,7 @@
 #include "c10dtest/world.hpp"
 #include "common/text.hpp"
 #include "internal.hpp"
+#include "report.hpp"
 
 namespace c10dtest::detail {
 
@@ -81,6 +82,8 @@ DistributedListener::DistributedListener(World& world, Watchdog& watchdog)
 void DistributedListener::OnTestProgramStart(const ::testing::UnitTest&) {}
 
 void DistributedListener::OnTestIterationStart(const ::testing::UnitTest& unit, int iteration) {
+  world_.report_->start_iteration(wall_us() / 1000, unit.random_seed());
+  world_.report_->begin("c10dtest", "start-up", "", 0, "start-up");
   world_.iteration_ = iteration;
   world_.suite_index_ = -1;
   failed_.clear();
@@ -146,25 +149,27 @@ void DistributedListener::check_test_lists(const ::testing::UnitTest& unit, int 
     }
     std::fputs(os.str().c_str(), stderr);
     std::fflush(stderr);
+    world_.report_->write_fault(os.str());
   }
   cp.barrier(tag + "/reported", world_.options().rendezvous_timeout);
   std::fflush(stdout);
   _exit(kExitConfigError);
 }
 
-void DistributedListener::arm_for_suite(const std::string& suite_name) {
+void DistributedListener::arm_for_suite(const std::string& suite_name, bool report) {
   world_.in_test_ = false;
   ++world_.phase_;
   world_.call_seq_ = 0;
-  set_current_test_name(suite_name + " (suite set-up or tear-down)");
-  watchdog_.arm(suite_name + " (SetUpTestSuite, TearDownTestSuite or fixture code)",
-                world_.test_key());
+  const std::string what = suite_name + " (SetUpTestSuite, TearDownTestSuite or fixture code)";
+  set_current_test_name(what);
+  if (report) world_.report_->begin(suite_name, "SetUpTestSuite or TearDownTestSuite", "", 0, what);
+  watchdog_.arm(what, world_.test_key());
 }
 
 void DistributedListener::OnTestSuiteStart(const ::testing::TestSuite& suite) {
   ++world_.suite_index_;
   world_.test_index_ = -1;
-  arm_for_suite(suite.name());
+  arm_for_suite(suite.name(), true);
 }
 
 void DistributedListener::agree_on_suite_set_up() {
@@ -192,6 +197,7 @@ void DistributedListener::OnTestStart(const ::testing::TestInfo& info) {
   first_failure_us_ = 0;
   const std::string name = std::string(info.test_suite_name()) + "." + info.name();
   set_current_test_name(name);
+  world_.report_->begin(info.test_suite_name(), info.name(), info.file(), info.line(), name);
   watchdog_.arm(name, world_.test_key());
   if (print_ && !brief_) {
     print_tag(color_, Color::kGreen, "[ RUN      ] ");
@@ -262,9 +268,32 @@ void DistributedListener::OnTestEnd(const ::testing::TestInfo& info) {
                             first.skip_message;
     GTEST_MESSAGE_AT_(__FILE__, __LINE__, why.c_str(), ::testing::TestPartResult::kSkip);
   }
+  // Recorded before anything is printed: a test whose end line is out is in the report. What
+  // follows (rebuilding the group, the next test) is what a fault from now on interrupts.
+  world_.report_->add_test(info);
+  world_.report_->write();
+  begin_next(info);
   if (any_failed) world_.rebuild_process_groups();
   print_end(info, results);
-  arm_for_suite(info.test_suite_name());
+  arm_for_suite(info.test_suite_name(), false);
+}
+
+void DistributedListener::begin_next(const ::testing::TestInfo& finished) {
+  const ::testing::TestSuite* suite = ::testing::UnitTest::GetInstance()->current_test_suite();
+  bool after = false;
+  for (int i = 0; suite != nullptr && i < suite->total_test_count(); ++i) {
+    const ::testing::TestInfo* t = suite->GetTestInfo(i);
+    if (t == &finished) {
+      after = true;
+    } else if (after && t->should_run()) {
+      world_.report_->begin(t->test_suite_name(), t->name(), t->file(), t->line(),
+                            std::string(t->test_suite_name()) + "." + t->name());
+      return;
+    }
+  }
+  const std::string name = finished.test_suite_name();
+  world_.report_->begin(name, "SetUpTestSuite or TearDownTestSuite", "", 0,
+                        name + " (SetUpTestSuite, TearDownTestSuite or fixture code)");
 }
 
 void DistributedListener::OnTestSuiteEnd(const ::testing::TestSuite& suite) {
@@ -276,6 +305,10 @@ void DistributedListener::OnTestSuiteEnd(const ::testing::TestSuite& suite) {
   std::vector<int> failing;
   for (int r = 0; r < world_.world_size(); ++r) {
     if (results[static_cast<std::size_t>(r)].status == 'F') failing.push_back(r);
+  }
+  if (!failing.empty()) {
+    world_.report_->add_suite_failure(suite);
+    world_.report_->write();
   }
   if (print_) print_failures(name, failing, results);
   if (!failing.empty()) {
@@ -380,6 +413,9 @@ void DistributedListener::print_end(const ::testing::TestInfo& info,
 }
 
 void DistributedListener::OnTestIterationEnd(const ::testing::UnitTest& unit, int) {
+  world_.report_->add_unit_failure(unit.ad_hoc_test_result());
+  world_.report_->write();
+  world_.report_->begin("c10dtest", "shutdown", "", 0, "shutdown");
   if (!print_) return;
   const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                       std::chrono::steady_clock::now() - iteration_start_)

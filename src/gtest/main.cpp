@@ -17,6 +17,8 @@
 #include "c10dtest/world.hpp"
 #include "internal.hpp"
 #include "launch/spawn.hpp"
+#include "lifeline.hpp"
+#include "report.hpp"
 
 namespace c10dtest {
 
@@ -53,10 +55,40 @@ void agree_on_shuffle_seed(ControlPlane& cp, const RunOptions& options) {
   GTEST_FLAG_SET(random_seed, std::stoi(cp.get("random_seed", options.rendezvous_timeout)));
 }
 
+// The rank and world size the launcher's environment suggests, read before anything can fail, so
+// that the crash handlers name the rank from the first moment; -1 when none is set.
+void guess_rank(int* rank, int* size) {
+  const char* pairs[][2] = {{"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"},
+                            {"C10DTEST_SPAWN_RANK", "C10DTEST_SPAWN_WORLD_SIZE"},
+                            {"PMI_RANK", "PMI_SIZE"},
+                            {"SLURM_PROCID", "SLURM_NTASKS"},
+                            {"RANK", "WORLD_SIZE"}};
+  for (const auto& p : pairs) {
+    const char* r = std::getenv(p[0]);
+    const char* w = std::getenv(p[1]);
+    if (r == nullptr || w == nullptr) continue;
+    char* end = nullptr;
+    const long rv = std::strtol(r, &end, 10);
+    if (end == r || *end != '\0') continue;
+    const long wv = std::strtol(w, &end, 10);
+    if (end == w || *end != '\0') continue;
+    *rank = static_cast<int>(rv);
+    *size = static_cast<int>(wv);
+    return;
+  }
+}
+
 }  // namespace
 
 int init(int* argc, char** argv) {
   const std::vector<std::string> original(argv, argv + *argc);
+  {
+    int rank = -1;
+    int size = -1;
+    guess_rank(&rank, &size);
+    detail::install_fatal_signal_handlers(rank, size);
+  }
+  detail::Report* report = nullptr;
   try {
     const EnvLookup env = process_env();
     const RunOptions options = parse_run_options(argc, argv, env);
@@ -78,21 +110,35 @@ int init(int* argc, char** argv) {
     std::signal(SIGPIPE, SIG_IGN);
     detail::install_fatal_signal_handlers(launch.rank, launch.world_size);
     detail::register_main_thread();
+    detail::set_current_activity("during start-up");
+
+    // One report file, which holds every rank's failures: rank 0 writes it as tests finish (an
+    // empty one from now on), and a survivor completes it when the run ends by a fault.
+    report = new detail::Report(detail::Report::path_from_gtest_flag(), launch.rank == 0,
+                                launch.rank, launch.world_size);
+    report->write();
+    auto& lifeline = detail::Lifeline::start(launch, *report, options.heartbeat_timeout);
 
     auto& slot = detail::world_slot();
     slot.reset(new World(launch, options));
+    slot->report_ = report;
+    slot->lifeline_ = &lifeline;
     slot->start();
     agree_on_shuffle_seed(slot->control(), options);
 
     auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
     delete listeners.Release(listeners.default_result_printer());
-    // One report file: rank 0's, which holds every rank's failures.
-    if (launch.rank != 0) delete listeners.Release(listeners.default_xml_generator());
+    // gtest would write its XML once, at the end, from every rank; c10dtest's report replaces
+    // it. Another format (JSON) stays gtest's, written by rank 0 only.
+    if (launch.rank != 0 || report->enabled()) {
+      delete listeners.Release(listeners.default_xml_generator());
+    }
     listeners.Append(new detail::DistributedListener(*slot, *slot->watchdog_));
     return -1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "c10dtest: %s\n", e.what());
     std::fflush(stderr);
+    if (report != nullptr && report->writer()) report->write_fault(std::string("c10dtest: ") + e.what());
     return kExitConfigError;
   }
 }

@@ -1,26 +1,45 @@
 #include <cxxabi.h>
 #include <execinfo.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
+#include <mutex>
 #include <sstream>
 #include <string>
-#include <vector>
 #include <thread>
+#include <vector>
 
 #include "internal.hpp"
+#include "lifeline.hpp"
 
 namespace c10dtest::detail {
 
 namespace {
 
 constexpr int kMaxFrames = 64;
-char g_test_name[512] = {0};
-char g_prefix[96] = {0};
+constexpr int kFatalSignals[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT};
+constexpr std::size_t kAltStackSize = 64 * 1024;
+
+// Texts the fatal-signal handler reads while another thread may replace them: each is written
+// once, published through an atomic pointer and never freed (one per test; gtest keeps as much).
+std::atomic<const char*> g_activity{""};
+std::atomic<const char*> g_prefix{"c10dtest: "};
+
+const char* keep(const std::string& text) {
+  static std::mutex mu;
+  static std::deque<std::string> kept;
+  std::lock_guard<std::mutex> lock(mu);
+  kept.push_back(text);
+  return kept.back().c_str();
+}
+
+struct sigaction g_previous[sizeof(kFatalSignals) / sizeof(int)];
 pthread_t g_main_thread;
 std::atomic<bool> g_main_registered{false};
 
@@ -45,26 +64,52 @@ void append(char* buf, std::size_t cap, std::size_t* len, const char* s) {
   for (; *s != '\0' && *len + 1 < cap; ++s) buf[(*len)++] = *s;
 }
 
-void on_fatal(int sig) {
+// Calls the handler that was installed before ours (a sanitizer's, the user's); returns when
+// there was none, or when it returned.
+void chain(int sig, siginfo_t* info, void* context) {
+  for (std::size_t i = 0; i < sizeof(kFatalSignals) / sizeof(int); ++i) {
+    if (kFatalSignals[i] != sig) continue;
+    const struct sigaction& old = g_previous[i];
+    if ((old.sa_flags & SA_SIGINFO) != 0 && old.sa_sigaction != nullptr) {
+      old.sa_sigaction(sig, info, context);
+    } else if ((old.sa_flags & SA_SIGINFO) == 0 && old.sa_handler != SIG_DFL &&
+               old.sa_handler != SIG_IGN && old.sa_handler != nullptr) {
+      old.sa_handler(sig);
+    }
+  }
+}
+
+void on_fatal(int sig, siginfo_t* info, void* context) {
   // One write() (under PIPE_BUF bytes): ranks share the pipe to the launcher, and separate
   // writes could interleave with another rank's output in the middle of the line.
+  char what[600];
+  std::size_t wlen = 0;
+  append(what, sizeof(what), &wlen, signal_name(sig));
+  append(what, sizeof(what), &wlen, " ");
+  append(what, sizeof(what), &wlen, g_activity.load());
+  what[wlen] = '\0';
+  // The peers first: the launcher may end this process any moment now.
+  Lifeline::announce_crash(what);
   char line[1024];
   std::size_t len = 0;
   append(line, sizeof(line), &len, "\n");
-  append(line, sizeof(line), &len, g_prefix);
-  append(line, sizeof(line), &len, signal_name(sig));
-  if (g_test_name[0] != '\0') {
-    append(line, sizeof(line), &len, " in test ");
-    append(line, sizeof(line), &len, g_test_name);
-  }
+  append(line, sizeof(line), &len, g_prefix.load());
+  append(line, sizeof(line), &len, what);
   append(line, sizeof(line), &len, "\n");
   const ssize_t ignored = write(STDERR_FILENO, line, len);
   (void)ignored;
   void* frames[kMaxFrames];
   const int n = backtrace(frames, kMaxFrames);
   backtrace_symbols_fd(frames, n, STDERR_FILENO);
-  signal(sig, SIG_DFL);
-  raise(sig);
+  chain(sig, info, context);
+  // With core dumps enabled, die of the signal so that the kernel writes one; otherwise exit
+  // with c10dtest's code, which the launcher then reports instead of 128 + signal.
+  rlimit core{};
+  if (getrlimit(RLIMIT_CORE, &core) == 0 && core.rlim_cur != 0) {
+    signal(sig, SIG_DFL);
+    raise(sig);
+  }
+  _exit(kExitRankDied);
 }
 
 void on_stack_request(int) {
@@ -121,22 +166,23 @@ std::string demangle_line(const char* line) {
 }  // namespace
 
 void install_fatal_signal_handlers(int rank, int world_size) {
-  std::snprintf(g_prefix, sizeof(g_prefix), "c10dtest: rank %d of %d: ", rank, world_size);
+  set_signal_rank(rank, world_size);
   // backtrace() loads libgcc on first use; do it now, not inside a signal handler.
   void* warm[2];
   backtrace(warm, 2);
+  prepare_thread_for_signals();
 
-  static char alt_stack[64 * 1024];
-  stack_t ss{};
-  ss.ss_sp = alt_stack;
-  ss.ss_size = sizeof(alt_stack);
-  sigaltstack(&ss, nullptr);
-
-  struct sigaction sa {};
-  sa.sa_handler = on_fatal;
-  sa.sa_flags = SA_ONSTACK | SA_RESETHAND;
-  sigemptyset(&sa.sa_mask);
-  for (int sig : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT}) sigaction(sig, &sa, nullptr);
+  static bool installed = false;
+  if (!installed) {
+    installed = true;
+    struct sigaction sa {};
+    sa.sa_sigaction = on_fatal;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESETHAND;
+    sigemptyset(&sa.sa_mask);
+    for (std::size_t i = 0; i < sizeof(kFatalSignals) / sizeof(int); ++i) {
+      sigaction(kFatalSignals[i], &sa, &g_previous[i]);
+    }
+  }
 
   struct sigaction st {};
   st.sa_handler = on_stack_request;
@@ -145,11 +191,26 @@ void install_fatal_signal_handlers(int rank, int world_size) {
   sigaction(stack_signal(), &st, nullptr);
 }
 
-void set_current_test_name(const std::string& name) {
-  const std::size_t n = std::min(name.size(), sizeof(g_test_name) - 1);
-  std::memcpy(g_test_name, name.data(), n);
-  g_test_name[n] = '\0';
+void set_signal_rank(int rank, int world_size) {
+  g_prefix.store(keep("c10dtest: rank " + std::to_string(rank) + " of " +
+                      std::to_string(world_size) + ": "));
 }
+
+void prepare_thread_for_signals() {
+  // Each thread needs its own alternate stack: a stack overflow cannot run a handler on the
+  // stack that overflowed. Freed never: the thread may be the one that crashes at exit.
+  stack_t ss{};
+  ss.ss_sp = std::malloc(kAltStackSize);
+  if (ss.ss_sp == nullptr) return;
+  ss.ss_size = kAltStackSize;
+  sigaltstack(&ss, nullptr);
+}
+
+void set_current_test_name(const std::string& name) {
+  g_activity.store(name.empty() ? "" : keep("in test " + name));
+}
+
+void set_current_activity(const std::string& phrase) { g_activity.store(keep(phrase)); }
 
 void register_main_thread() {
   g_main_thread = pthread_self();

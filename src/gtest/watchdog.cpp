@@ -4,6 +4,7 @@
 #include <sstream>
 
 #include "internal.hpp"
+#include "lifeline.hpp"
 
 namespace c10dtest::detail {
 
@@ -17,6 +18,9 @@ constexpr std::chrono::milliseconds kAbortGrace{15000};
 // Beyond the heartbeat timeout, how long a round of the watchdog's store calls may take before
 // the store counts as gone (a round may capture the main thread's stack: up to 2 s).
 constexpr std::chrono::milliseconds kStoreGrace{3000};
+// A loop round that came this much later than asked means this process did not run (SIGSTOP,
+// a debugger, a starved machine): what it saw of the others is stale, not their fault.
+constexpr std::chrono::milliseconds kPauseGap{1000};
 
 std::string join_ranks(const std::vector<int>& ranks) {
   std::ostringstream os;
@@ -25,8 +29,12 @@ std::string join_ranks(const std::vector<int>& ranks) {
 }
 }  // namespace
 
-Watchdog::Watchdog(std::unique_ptr<ControlPlane> client, const RunOptions& options)
-    : cp_(std::move(client)), options_(options), timeout_(options.test_timeout) {}
+Watchdog::Watchdog(std::unique_ptr<ControlPlane> client, const RunOptions& options,
+                   Lifeline& lifeline)
+    : cp_(std::move(client)),
+      options_(options),
+      lifeline_(lifeline),
+      timeout_(options.test_timeout) {}
 
 Watchdog::~Watchdog() {
   stop_ = true;
@@ -41,8 +49,16 @@ void Watchdog::start() {
   peer_beats_.assign(static_cast<std::size_t>(cp_->world_size()), -1);
   peer_seen_.assign(static_cast<std::size_t>(cp_->world_size()), now);
   last_answer_ = now.time_since_epoch().count();
-  thread_ = std::thread([this] { loop(); });
-  if (cp_->rank() != 0) guard_ = std::thread([this] { guard_loop(); });
+  thread_ = std::thread([this] {
+    prepare_thread_for_signals();
+    loop();
+  });
+  if (cp_->rank() != 0) {
+    guard_ = std::thread([this] {
+      prepare_thread_for_signals();
+      guard_loop();
+    });
+  }
 }
 
 void Watchdog::stop() {
@@ -87,49 +103,52 @@ void Watchdog::disarm() {
 }
 
 void Watchdog::loop() {
+  auto last_round = Clock::now();
   while (!stop_) {
+    const auto now = Clock::now();
+    if (now - last_round > kTick + kPauseGap) forgive_silence(now);
+    last_round = now;
     try {
       beat_and_check();
       last_answer_ = Clock::now().time_since_epoch().count();
     } catch (const std::exception& e) {
       if (stop_) break;
-      std::fprintf(stderr,
-                   "c10dtest: rank %d of %d lost the control plane served by rank 0 (%s); "
-                   "rank 0 has probably died. Ending this rank.\n",
-                   cp_->rank(), cp_->world_size(), e.what());
-      std::fflush(stdout);
-      std::fflush(stderr);
-      _exit(kExitRankDied);
+      const std::string why = std::string("lost the control plane served by rank 0 (") +
+                              e.what() + ")";
+      if (cp_->rank() != 0) lifeline_.rank_zero_lost(why);
+      lifeline_.leave(kExitRankDied, "c10dtest: rank 0 of " + std::to_string(cp_->world_size()) +
+                                         ": " + why + "; ending this rank");
     }
     std::this_thread::sleep_for(kTick);
   }
 }
 
+void Watchdog::forgive_silence(Clock::time_point now) {
+  // Rank 0: the others' heartbeats stopped only because this process did not read them.
+  for (auto& seen : peer_seen_) seen = now;
+  last_answer_ = now.time_since_epoch().count();
+}
+
 void Watchdog::guard_loop() {
   const auto limit = options_.heartbeat_timeout + kStoreGrace;
+  auto last_round = Clock::now();
   while (!guard_stop_) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    const auto now = Clock::now();
+    if (now - last_round > std::chrono::milliseconds(100) + kPauseGap) {
+      // This process was stopped: rank 0's silence during the stop proves nothing.
+      last_answer_ = now.time_since_epoch().count();
+    }
+    last_round = now;
     const auto silent = std::chrono::duration_cast<std::chrono::milliseconds>(
-        Clock::now() - Clock::time_point(Clock::duration(last_answer_.load())));
+        now - Clock::time_point(Clock::duration(last_answer_.load())));
     if (silent <= limit || guard_stop_) continue;
-    std::fprintf(stderr,
-                 "c10dtest: rank %d of %d lost the control plane served by rank 0 (no answer "
-                 "for %lld ms); rank 0 has died or its host is unreachable. Ending this rank.\n",
-                 cp_->rank(), cp_->world_size(), static_cast<long long>(silent.count()));
-    std::fflush(stdout);
-    std::fflush(stderr);
-    _exit(kExitRankDied);
+    lifeline_.rank_zero_lost("had no answer from rank 0's store for " +
+                             std::to_string(silent.count()) + " ms");
   }
 }
 
 void Watchdog::beat_and_check() {
-  if (cp_->check({"abort"})) {
-    const std::string code = cp_->get("abort", std::chrono::milliseconds(1000));
-    cp_->add("abort_ack", 1);
-    std::fflush(stdout);
-    std::fflush(stderr);
-    _exit(std::atoi(code.c_str()));
-  }
   const auto now = Clock::now();
   if (now - last_beat_ >= kBeatEvery) {
     cp_->add("hb/" + std::to_string(cp_->rank()), 1);
@@ -138,20 +157,19 @@ void Watchdog::beat_and_check() {
   }
   bool expired = false;
   bool waited_too_long = false;
+  std::string name;
   {
     std::lock_guard<std::mutex> lock(mu_);
     expired = now >= deadline_ && !expired_reported_;
     waited_too_long = expired_reported_ && now - expired_at_ > kAbortGrace;
+    name = test_name_;
   }
   if (expired) on_deadline();
   if (waited_too_long) {
-    std::fprintf(stderr,
-                 "c10dtest: rank %d of %d: test %s ran past its timeout and rank 0 did not end "
-                 "the run; ending this rank.\n",
-                 cp_->rank(), cp_->world_size(), test_name_.c_str());
-    std::fflush(stdout);
-    std::fflush(stderr);
-    _exit(kExitTimeout);
+    lifeline_.leave(kExitTimeout, "c10dtest: rank " + std::to_string(cp_->rank()) + " of " +
+                                      std::to_string(cp_->world_size()) + ": test " + name +
+                                      " ran past its timeout and rank 0 did not end the run; "
+                                      "ending this rank.");
   }
 }
 
@@ -203,7 +221,7 @@ void Watchdog::on_deadline() {
   }
   os << "c10dtest: ending all " << size << " ranks (exit code " << kExitTimeout
      << "); raise the limit with --c10dtest_timeout=SECONDS or set_timeout() in the test\n";
-  end_run(kExitTimeout, os.str(), size - 1);
+  lifeline_.end_run(kExitTimeout, os.str(), os.str());
 }
 
 void Watchdog::check_peers() {
@@ -218,93 +236,13 @@ void Watchdog::check_peers() {
     }
     const auto silent = std::chrono::duration_cast<std::chrono::milliseconds>(now - peer_seen_[i]);
     if (silent < options_.heartbeat_timeout || cp_->check({"bye/" + std::to_string(r)})) continue;
-    std::string name;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      name = test_name_;
-    }
     std::ostringstream os;
     os << "[  DEAD    ] rank " << r << " of " << cp_->world_size()
-       << " stopped responding: no heartbeat for " << silent.count() << " ms"
-       << (name.empty() ? std::string() : " during " + name)
-       << " (it crashed, was killed or exited early)\n"
+       << " stopped responding: no heartbeat for " << silent.count() << " ms during "
+       << lifeline_.in_progress() << " (its process is stopped, starved or cut off)\n"
        << "c10dtest: ending all ranks (exit code " << kExitRankDied << ")\n";
-    end_run(kExitRankDied, os.str(), cp_->world_size() - 2);
+    lifeline_.end_run(kExitRankDied, os.str(), os.str());
   }
-}
-
-namespace {
-
-std::string xml_escape(const std::string& s) {
-  std::string out;
-  for (char c : s) {
-    switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      case '\n': out += "&#x0A;"; break;
-      default: out += c;
-    }
-  }
-  return out;
-}
-
-// With --gtest_output=xml[:PATH], gtest would write its report at the end of the run, which a
-// run ended by the watchdog never reaches: leave a report that says why instead.
-void write_abort_report(const std::string& test_name, const std::string& report) {
-  const std::string flag = GTEST_FLAG_GET(output);
-  if (flag.rfind("xml", 0) != 0) return;
-  std::string path = flag.size() > 4 ? flag.substr(4) : "test_detail.xml";
-  if (!path.empty() && path.back() == '/') {
-    char exe[4096] = {0};
-    const ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-    const std::string full = n > 0 ? std::string(exe, static_cast<std::size_t>(n)) : "c10dtest";
-    path += full.substr(full.rfind('/') + 1) + ".xml";
-  }
-  const auto dot = test_name.find('.');
-  const std::string suite = dot == std::string::npos ? "c10dtest" : test_name.substr(0, dot);
-  const std::string name = dot == std::string::npos ? test_name : test_name.substr(dot + 1);
-  FILE* f = std::fopen(path.c_str(), "w");
-  if (f == nullptr) return;
-  std::fprintf(f,
-               "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
-               "<testsuites tests=\"1\" failures=\"1\" disabled=\"0\" errors=\"0\" "
-               "name=\"AllTests\">\n"
-               "  <testsuite name=\"%s\" tests=\"1\" failures=\"1\" disabled=\"0\" "
-               "errors=\"0\">\n"
-               "    <testcase name=\"%s\" status=\"run\" result=\"completed\" "
-               "classname=\"%s\">\n"
-               "      <failure message=\"%s\" type=\"\"></failure>\n"
-               "    </testcase>\n"
-               "  </testsuite>\n"
-               "</testsuites>\n",
-               xml_escape(suite).c_str(), xml_escape(name).c_str(), xml_escape(suite).c_str(),
-               xml_escape(report).c_str());
-  std::fclose(f);
-}
-
-}  // namespace
-
-void Watchdog::end_run(int code, const std::string& report, int acks_expected) {
-  std::fflush(stdout);
-  std::fputs(report.c_str(), stdout);
-  std::fflush(stdout);
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    write_abort_report(test_name_.empty() ? "c10dtest.run" : test_name_, report);
-  }
-  try {
-    cp_->set("abort", std::to_string(code));
-    // Keep serving the store until the others have read the verdict.
-    const auto until = Clock::now() + std::chrono::milliseconds(3000);
-    while (Clock::now() < until && cp_->add("abort_ack", 0) < acks_expected) {
-      std::this_thread::sleep_for(kTick);
-    }
-  } catch (const std::exception&) {
-  }
-  std::fflush(stderr);
-  _exit(code);
 }
 
 }  // namespace c10dtest::detail

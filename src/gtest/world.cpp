@@ -15,6 +15,8 @@
 #include "c10dtest/distributed_test.hpp"
 #include "c10dtest/error.hpp"
 #include "internal.hpp"
+#include "lifeline.hpp"
+#include "report.hpp"
 
 namespace c10dtest {
 
@@ -106,8 +108,10 @@ void World::start() {
     throw ConfigError("--c10dtest_backend=nccl with --c10dtest_device=cpu: NCCL only serves CUDA "
                       "tensors (use gloo for CPU tensors)");
   }
-  control_ = ControlPlane::connect(launch_, options_.rendezvous_timeout);
-  watchdog_ = std::make_unique<detail::Watchdog>(control_->another_client(), options_);
+  control_ = ControlPlane::connect(launch_, options_.rendezvous_timeout,
+                                   options_.heartbeat_timeout);
+  lifeline_->connect(*control_, options_.rendezvous_timeout);
+  watchdog_ = std::make_unique<detail::Watchdog>(control_->another_client(), options_, *lifeline_);
   watchdog_->start();
   choose_device();
   rebuild_process_groups();  // builds nothing when the world cannot run here
@@ -262,21 +266,27 @@ std::int64_t World::min_over_ranks(std::int64_t value) {
 int World::stop(int exit_code) {
   int code = exit_code;
   bool together = false;  // every rank reached the end
+  detail::set_current_activity("during shutdown");
+  report_->begin("c10dtest", "shutdown", "", 0, "shutdown");
   try {
     for (const auto& c : control_->all_gather("exit", std::to_string(exit_code),
                                               options_.rendezvous_timeout)) {
-      code = std::max(code, std::stoi(c));
+      code = std::max(code, detail::parse_exit_code(c));
     }
+    lifeline_->say_bye();
     watchdog_->stop();
     control_->barrier("end", options_.rendezvous_timeout);
     together = control_->leave("end", options_.rendezvous_timeout);
   } catch (const std::exception& e) {
+    // A rank that died at the end is named by the lifeline: let it speak first.
+    lifeline_->await_explanation(std::chrono::milliseconds(500));
     std::fprintf(stderr, "c10dtest: %s: could not finish together with the other ranks: %s\n",
                  launch_.describe().c_str(), e.what());
     code = std::max(code, kExitRankDied);
   }
   // Without the others, an NCCL shutdown could wait for them: abort instead.
   release_process_group(world_group_, !together);
+  lifeline_->close();
   watchdog_.reset();
   control_.reset();
   return code;

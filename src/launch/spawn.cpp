@@ -27,6 +27,9 @@ using Clock = std::chrono::steady_clock;
 // A rank that exits while others still run gets this long before they are ended: ranks that
 // finish normally leave within moments of each other.
 constexpr std::chrono::milliseconds kExitGrace{5000};
+// A rank that exits with c10dtest's "the run was ended" codes (3, 4) was told so, or found a
+// dead peer: the others follow within moments, or are stuck.
+constexpr std::chrono::milliseconds kEndedGrace{500};
 constexpr std::chrono::milliseconds kTermGrace{2000};
 
 volatile sig_atomic_t g_forward_signal = 0;
@@ -47,6 +50,16 @@ std::string describe_status(int status) {
     os << "exited with code " << WEXITSTATUS(status);
   }
   return os.str();
+}
+
+// Tells the surviving ranks what the supervisor saw, before it ends them: "<rank> <text>" in
+// DIR/ended (rank 0 reports it, or the others when rank 0 is the one that died).
+void leave_note(const std::string& dir, int rank, const std::string& text) {
+  const std::string tmp = dir + "/ended.tmp";
+  FILE* f = std::fopen(tmp.c_str(), "w");
+  if (f == nullptr) return;
+  std::fprintf(f, "%d %s\n", rank, text.c_str());
+  if (std::fclose(f) == 0) std::rename(tmp.c_str(), (dir + "/ended").c_str());
 }
 
 }  // namespace
@@ -101,7 +114,10 @@ int spawn_and_supervise(const std::vector<std::string>& args, int world_size) {
   Clock::time_point hard_kill_at = Clock::time_point::max();
   auto end_others = [&](int sig) {
     for (auto& rk : ranks) {
-      if (rk.running) kill(rk.pid, sig);
+      if (!rk.running) continue;
+      kill(rk.pid, sig);
+      // A stopped rank handles SIGTERM only once it runs again.
+      if (sig != SIGKILL) kill(rk.pid, SIGCONT);
     }
   };
 
@@ -121,12 +137,17 @@ int spawn_and_supervise(const std::vector<std::string>& args, int world_size) {
             std::fprintf(stderr,
                          "c10dtest: rank %d of %d (pid %d) %s; ending the other ranks\n", r,
                          world_size, static_cast<int>(pid), describe_status(status).c_str());
+            leave_note(dir, r, describe_status(status));
             abnormal = true;
             ending = true;
             end_others(SIGTERM);
             hard_kill_at = Clock::now() + kTermGrace;
           } else if (kill_at == Clock::time_point::max()) {
-            kill_at = Clock::now() + kExitGrace;
+            const int code = WEXITSTATUS(status);
+            const bool ended = code == kExitTimeout || code == kExitRankDied;
+            kill_at = Clock::now() + (ended ? kEndedGrace : kExitGrace);
+            // c10dtest's own codes say what happened; any other comes from the code under test.
+            if (code > kExitRankDied) leave_note(dir, r, describe_status(status));
           }
         }
       }
@@ -149,6 +170,7 @@ int spawn_and_supervise(const std::vector<std::string>& args, int world_size) {
                        "ending them\n",
                        r, world_size, static_cast<int>(rk.pid),
                        describe_status(rk.status).c_str());
+          leave_note(dir, r, describe_status(rk.status) + " while the other ranks kept running");
           break;
         }
       }
@@ -169,8 +191,9 @@ int spawn_and_supervise(const std::vector<std::string>& args, int world_size) {
   if (abnormal) return kExitRankDied;
   int code = 0;
   for (const auto& rk : ranks) {
+    // An exit code that is not c10dtest's (exit(7) in a test) is a rank that died.
     const int c = WIFEXITED(rk.status) ? WEXITSTATUS(rk.status) : kExitRankDied;
-    code = std::max(code, c);
+    code = std::max(code, c > kExitRankDied ? kExitRankDied : c);
   }
   return code;
 }

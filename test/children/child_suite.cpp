@@ -7,6 +7,8 @@
 
 #include <chrono>
 #include <csignal>
+#include <cstdlib>
+#include <string>
 #include <stdexcept>
 #include <thread>
 
@@ -79,6 +81,13 @@ TEST_F(Hang, RankZeroFreezes) {
   barrier();
 }
 
+// Rank 2 stops (SIGSTOP) while the others wait in a barrier. Under mpirun the launcher resumes it
+// (SIGCONT, then SIGTERM) after rank 0 ended the run: it must obey, and blame nobody.
+TEST_F(Hang, RankTwoFreezes) {
+  if (rank() == 2) std::raise(SIGSTOP);
+  barrier();
+}
+
 class Crash : public c10dtest::DistributedTest {};
 
 TEST_F(Crash, SegfaultOnRankThree) {
@@ -95,6 +104,36 @@ TEST_F(Crash, ExitOnRankOne) {
   if (rank() == 1) _exit(7);
   barrier();
 }
+
+// The report after a death: two finished tests (one failed), then a rank dies as
+// C10DTEST_CHILD_VICTIM="<rank>:<KILL|SEGV|ABRT|TERM>" says, while the others wait in a barrier.
+class Dies : public c10dtest::DistributedTest {};
+
+TEST_F(Dies, FirstPasses) {
+  std::vector<at::Tensor> t{at::ones({4})};
+  process_group()->allreduce(t)->wait();
+  EXPECT_EQ(t[0][0].item<float>(), static_cast<float>(world_size()));
+}
+
+TEST_F(Dies, SecondFailsOnRankOne) { EXPECT_NE(rank(), 1) << "planted failure before the death"; }
+
+TEST_F(Dies, VictimDies) {
+  const char* spec = std::getenv("C10DTEST_CHILD_VICTIM");
+  ASSERT_NE(spec, nullptr) << "set C10DTEST_CHILD_VICTIM=<rank>:<signal>";
+  const std::string s = spec;
+  const int victim = std::stoi(s.substr(0, s.find(':')));
+  const std::string sig = s.substr(s.find(':') + 1);
+  if (rank() == victim) {
+    const int number = sig == "KILL" ? SIGKILL : sig == "SEGV" ? SIGSEGV
+                     : sig == "ABRT" ? SIGABRT : SIGTERM;
+    std::raise(number);
+    // SIGTERM is handled: the rank goes on, as a busy process would, until it is ended.
+    std::this_thread::sleep_for(std::chrono::seconds(60));
+  }
+  barrier();
+}
+
+TEST_F(Dies, NeverRuns) { ADD_FAILURE() << "ran after a rank died"; }
 
 class Skips : public c10dtest::DistributedTest {};
 

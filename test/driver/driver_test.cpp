@@ -3,6 +3,7 @@
 // This binary itself is an ordinary single-process gtest program.
 #include <gtest/gtest.h>
 #include <netinet/in.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -75,6 +76,23 @@ int count(const std::string& haystack, const std::string& needle) {
     ++n;
   }
   return n;
+}
+
+// Lines that blame a rank: "[  DEAD    ] rank R of W ..." (each names one rank).
+std::vector<int> blamed(const std::string& output) {
+  static const std::regex dead(R"(\[  DEAD    \] rank (\d+) of)");
+  std::vector<int> ranks;
+  for (std::sregex_iterator it(output.begin(), output.end(), dead), end; it != end; ++it) {
+    ranks.push_back(std::stoi((*it)[1]));
+  }
+  return ranks;
+}
+
+bool python_parses_xml(const fs::path& file, std::string* why) {
+  const Outcome o = run("python3 -c \"import sys, xml.etree.ElementTree as E; E.parse(sys.argv[1])\" " +
+                        file.string());
+  *why = o.output;
+  return o.exit_code == 0;
 }
 
 // Processes whose environment carries `tag` (the ranks of one driven run).
@@ -224,42 +242,48 @@ TEST_P(ChildSuite, RanksCutOffFromRankZeroEndOnTheirOwn) {
   const Outcome o = run_child(3, "--gtest_filter=Hang.RankZeroFreezes --c10dtest_timeout=120 "
                                  "--c10dtest_heartbeat_timeout=2");
   EXPECT_NE(o.exit_code, 0) << o.output;
-  EXPECT_NE(o.output.find("lost the control plane served by rank 0 (no answer for "),
+  EXPECT_NE(o.output.find("[  DEAD    ] rank 0 of 3 stopped answering: rank 1 of 3 had no "
+                          "answer from rank 0's store for "),
             std::string::npos)
       << o.output;
+  // Resumed by mpirun, rank 0 finds it was the one the others lost: it blames only itself.
+  for (int r : blamed(o.output)) EXPECT_EQ(r, 0) << o.output;
   if (GetParam() == Launch::kSelf) EXPECT_EQ(o.exit_code, kExitRankDied) << o.output;
   EXPECT_LT(o.seconds, 60);
 }
 
 TEST_P(ChildSuite, SegfaultOnRankThreeIsNamed) {
   const Outcome o = run_child(4, "--gtest_filter=Crash.SegfaultOnRankThree --c10dtest_timeout=120");
-  EXPECT_NE(o.exit_code, 0) << o.output;
+  // The crashing rank exits with c10dtest's code (core dumps are off), so every launcher says 4.
+  EXPECT_EQ(o.exit_code, kExitRankDied) << o.output;
   EXPECT_NE(o.output.find("rank 3 of 4: SIGSEGV (segmentation fault) in test "
                           "Crash.SegfaultOnRankThree"),
             std::string::npos)
       << o.output;
-  if (GetParam() == Launch::kSelf) {
-    EXPECT_EQ(o.exit_code, kExitRankDied);
-    EXPECT_NE(o.output.find("rank 3 of 4 (pid "), std::string::npos) << o.output;
-  }
+  EXPECT_EQ(count(o.output, "[  DEAD    ] rank 3 of 4 crashed: SIGSEGV (segmentation fault) in "
+                            "test Crash.SegfaultOnRankThree"),
+            1)
+      << o.output;
   EXPECT_LT(o.seconds, 60);
 }
 
 TEST_P(ChildSuite, AbortOnRankOneIsNamed) {
   const Outcome o = run_child(4, "--gtest_filter=Crash.AbortOnRankOne --c10dtest_timeout=120");
-  EXPECT_NE(o.exit_code, 0) << o.output;
+  EXPECT_EQ(o.exit_code, kExitRankDied) << o.output;
   EXPECT_NE(o.output.find("rank 1 of 4: SIGABRT (abort) in test Crash.AbortOnRankOne"),
             std::string::npos)
       << o.output;
+  EXPECT_EQ(count(o.output, "[  DEAD    ] rank 1 of 4 crashed: SIGABRT (abort)"), 1) << o.output;
   EXPECT_LT(o.seconds, 60);
 }
 
 TEST_P(ChildSuite, ExitOnRankOneIsNamed) {
   const Outcome o = run_child(4, "--gtest_filter=Crash.ExitOnRankOne --c10dtest_timeout=120");
   EXPECT_NE(o.exit_code, 0) << o.output;
+  EXPECT_EQ(count(o.output, "[  DEAD    ] rank 1 of 4 "), 1) << o.output;
   if (GetParam() == Launch::kSelf) {
+    // exit(7) is not c10dtest's code: a rank died.
     EXPECT_EQ(o.exit_code, kExitRankDied);
-    EXPECT_NE(o.output.find("rank 1 of 4 (pid "), std::string::npos) << o.output;
     EXPECT_NE(o.output.find("exited with code 7"), std::string::npos) << o.output;
   } else {
     // mpirun ends the job and names the process itself.
@@ -267,6 +291,73 @@ TEST_P(ChildSuite, ExitOnRankOneIsNamed) {
     EXPECT_NE(o.output.find(",1]"), std::string::npos) << o.output;
   }
   EXPECT_LT(o.seconds, 60);
+}
+
+// Whichever rank dies, and however: the report holds the finished tests and the one that the
+// death interrupted, naming the rank; nobody else is blamed; the exit code is c10dtest's, except
+// for SIGKILL under mpirun, where mpirun reports the signal (128 + 9) itself.
+TEST_P(ChildSuite, ReportSurvivesEveryDeathAndBlamesTheRightRank) {
+  const fs::path dir = fs::temp_directory_path() / ("c10dtest-xml-death-" + tag_);
+  for (const std::string victim : {"0:KILL", "2:KILL", "1:SEGV", "0:SEGV", "3:TERM", "0:TERM",
+                                   "2:ABRT"}) {
+    SCOPED_TRACE(victim);
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    const int rank = victim[0] - '0';
+    const std::string sig = victim.substr(2);
+    const Outcome o = run("C10DTEST_CHILD_VICTIM=" + victim + " " +
+                          child(GetParam(), 4,
+                                "--gtest_color=no --gtest_filter=Dies.* --c10dtest_timeout=120 "
+                                "--gtest_output=xml:" + (dir / "r.xml").string(),
+                                tag_));
+    const bool launcher_code = GetParam() == Launch::kMpirun && sig == "KILL";
+    EXPECT_EQ(o.exit_code, launcher_code ? 128 + 9 : kExitRankDied) << o.output;
+    EXPECT_LT(o.seconds, 30) << o.output;
+    const std::string who = "rank " + std::to_string(rank) + " of 4";
+    if (sig == "TERM" && rank == 0) {
+      EXPECT_NE(o.output.find("[  ENDED   ] rank 0 of 4 received SIGTERM during Dies.VictimDies"),
+                std::string::npos)
+          << o.output;
+      EXPECT_TRUE(blamed(o.output).empty()) << o.output;
+    } else {
+      EXPECT_EQ(blamed(o.output), std::vector<int>{rank}) << o.output;
+    }
+    EXPECT_EQ(o.output.find("ran after a rank died"), std::string::npos) << o.output;
+    const fs::path file = dir / "r.xml";
+    ASSERT_TRUE(fs::exists(file)) << o.output;
+    std::string why;
+    EXPECT_TRUE(python_parses_xml(file, &why)) << why;
+    std::ifstream in(file);
+    const std::string xml((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    EXPECT_NE(xml.find("<testcase name=\"FirstPasses\""), std::string::npos) << xml;
+    EXPECT_NE(xml.find("classname=\"Dies\" />"), std::string::npos) << "FirstPasses passed\n" << xml;
+    EXPECT_NE(xml.find("[rank 1 of 4] Expected: (rank()) != (1)"), std::string::npos) << xml;
+    const auto interrupted = xml.find("<testcase name=\"VictimDies\"");
+    ASSERT_NE(interrupted, std::string::npos) << xml;
+    EXPECT_NE(xml.find("c10dtest: the run ended here&#x0A;", interrupted), std::string::npos)
+        << xml;
+    EXPECT_NE(xml.find(who, interrupted), std::string::npos) << xml;
+    EXPECT_EQ(xml.find("NeverRuns"), std::string::npos) << xml;
+    EXPECT_NE(xml.find("<testsuites tests=\"3\" failures=\"2\""), std::string::npos) << xml;
+    EXPECT_EQ(processes_tagged(tag_), 0) << "ranks outlived the run";
+  }
+  fs::remove_all(dir);
+}
+
+// Rank 2 stops mid-test; rank 0 names it after the heartbeat timeout and ends the run. Under
+// mpirun the launcher then resumes it: it obeys rank 0's verdict and blames nobody (it must not
+// take its own stop for rank 0's silence).
+TEST_P(ChildSuite, StoppedRankIsNamedAndBlamesNobodyWhenResumed) {
+  const Outcome o = run_child(4, "--gtest_filter=Hang.RankTwoFreezes --c10dtest_timeout=120 "
+                                 "--c10dtest_heartbeat_timeout=2");
+  EXPECT_NE(o.exit_code, 0) << o.output;
+  if (GetParam() == Launch::kSelf) EXPECT_EQ(o.exit_code, kExitRankDied) << o.output;
+  EXPECT_NE(o.output.find("[  DEAD    ] rank 2 of 4 stopped responding: no heartbeat for "),
+            std::string::npos)
+      << o.output;
+  EXPECT_EQ(blamed(o.output), std::vector<int>{2}) << o.output;
+  EXPECT_EQ(o.output.find("lost the control plane"), std::string::npos) << o.output;
+  EXPECT_LT(o.seconds, 2 + 10) << "heartbeat timeout + 10 s";
 }
 
 TEST_P(ChildSuite, SkipIsASkipOnEveryRank) {
@@ -461,17 +552,69 @@ TEST(TorchrunStyle, GtestFlagsWorkWithoutALauncher) {
   EXPECT_EQ(processes_tagged(tag), 0);
 }
 
-TEST(TorchrunStyle, RankThatExitsIsFoundByTheHeartbeat) {
+TEST(TorchrunStyle, RankThatExitsIsNamedAtOnce) {
+  // No launcher watches the ranks: the lifeline tells rank 0 the moment rank 1's process ends.
   const std::string tag = unique_tag();
   const Outcome o = run(torchrun(4, "--gtest_filter=Crash.ExitOnRankOne "
-                                    "--c10dtest_heartbeat_timeout=2 --c10dtest_timeout=120", tag));
-  EXPECT_NE(o.output.find("[  DEAD    ] rank 1 of 4 stopped responding"), std::string::npos)
+                                    "--c10dtest_heartbeat_timeout=60 --c10dtest_timeout=120", tag));
+  EXPECT_NE(o.output.find("[  DEAD    ] rank 1 of 4 died: its process ended without a word"),
+            std::string::npos)
       << o.output;
   EXPECT_NE(o.output.find("rank0=4"), std::string::npos) << o.output;
   EXPECT_NE(o.output.find("rank1=7"), std::string::npos) << o.output;
   EXPECT_NE(o.output.find("rank2=4"), std::string::npos) << o.output;
   EXPECT_LT(o.seconds, 60);
   EXPECT_EQ(processes_tagged(tag), 0);
+}
+
+// A rank stopped before it reaches the rendezvous (here before main) is named once the others
+// have waited the heartbeat timeout, not the 60 s rendezvous timeout.
+TEST(TorchrunStyle, RankStoppedAtStartIsNamedWithinTheHeartbeatTimeout) {
+  const std::string tag = unique_tag();
+  const fs::path dir = fs::temp_directory_path() / ("c10dtest-start-" + tag);
+  fs::create_directories(dir);
+  const int port = free_port();
+  const std::string args = " --gtest_filter=Passing.* --c10dtest_heartbeat_timeout=2 "
+                           "--gtest_output=xml:" + (dir / "r.xml").string();
+  std::ostringstream script;
+  script << "export C10DTEST_DRIVER_TAG=" << tag << " WORLD_SIZE=4 MASTER_ADDR=127.0.0.1 "
+         << "MASTER_PORT=" << port << "\n"
+         // Rank 2 stops before its main (and so before the rendezvous); nobody resumes it.
+         << "RANK=2 sh -c 'kill -STOP $$; exec " << C10DTEST_CHILD_SUITE << args
+         << "' >/dev/null 2>&1 &\n"
+         << "pids=\n";
+  for (int r : {0, 1, 3}) {
+    script << "(RANK=" << r << " " << C10DTEST_CHILD_SUITE << args << "; echo rank" << r
+           << "=$?) & pids=\"$pids $!\"\n";
+  }
+  script << "wait $pids\n";
+  const fs::path file = dir / "run.sh";
+  std::ofstream(file) << script.str();
+  const Outcome o = run("sh " + file.string(), 60);
+  EXPECT_NE(o.output.find("rank 2 of 4 did not arrive at the start within 2000 ms of the last "
+                          "rank that did"),
+            std::string::npos)
+      << o.output;
+  for (int r : {0, 1, 3}) {
+    EXPECT_NE(o.output.find("rank" + std::to_string(r) + "=2"), std::string::npos) << o.output;
+  }
+  EXPECT_LT(o.seconds, 30) << "the ranks waited for the rendezvous timeout";
+  std::ifstream in(dir / "r.xml");
+  const std::string xml((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_NE(xml.find("rank 2 of 4 did not arrive at the start"), std::string::npos) << xml;
+  // The stopped rank would wait forever: end it.
+  for (const auto& entry : fs::directory_iterator("/proc")) {
+    const std::string name = entry.path().filename();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::ifstream env(entry.path() / "environ", std::ios::binary);
+    const std::string content((std::istreambuf_iterator<char>(env)),
+                              std::istreambuf_iterator<char>());
+    if (content.find("C10DTEST_DRIVER_TAG=" + tag) != std::string::npos) {
+      kill(std::stoi(name), SIGKILL);
+    }
+  }
+  EXPECT_EQ(processes_tagged(tag), 0);
+  fs::remove_all(dir);
 }
 
 TEST(TorchrunStyle, RankOutsideTheWorldIsAClearError) {

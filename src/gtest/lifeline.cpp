@@ -1,0 +1,663 @@
+#include "lifeline.hpp"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <random>
+#include <sstream>
+
+#include "c10dtest/control_plane.hpp"
+#include "c10dtest/error.hpp"
+#include "c10dtest/options.hpp"
+#include "common/text.hpp"
+#include "internal.hpp"
+#include "report.hpp"
+
+namespace c10dtest::detail {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+// After the first sign of a death, how long rank 0 waits for more before it blames one: a crash
+// is followed by the launcher's SIGTERM to everybody, and the crash must win.
+constexpr milliseconds kSettle{60};
+// After this process itself got SIGTERM: how long it listens for what the others say first.
+constexpr milliseconds kOwnSignalSettle{250};
+// How long rank 0 waits, at most, for every rank to read its verdict.
+constexpr milliseconds kAckLimit{2000};
+// How long a rank that lost rank 0 waits for the lifeline to explain it.
+constexpr milliseconds kExplainWait{500};
+// The thread wakes at least this often; a much longer gap means the process was stopped.
+constexpr milliseconds kWake{100};
+constexpr milliseconds kPauseGap{1000};
+
+std::atomic<Lifeline*> g_lifeline{nullptr};
+int g_sig_write = -1;
+// The connections the crash handler writes to (rank 0: one per rank; others: rank 0's).
+std::unique_ptr<std::atomic<int>[]> g_fds;
+std::atomic<int> g_fd_count{0};
+std::atomic<bool> g_claimed{false};
+
+void set_nonblocking(int fd) { fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK); }
+
+void write_all(int fd, const char* data, std::size_t n) {
+  while (n > 0) {
+    const ssize_t w = send(fd, data, n, MSG_NOSIGNAL);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) return;
+    data += w;
+    n -= static_cast<std::size_t>(w);
+  }
+}
+
+const char* signal_text(int sig) {
+  switch (sig) {
+    case SIGTERM: return "SIGTERM";
+    case SIGINT: return "SIGINT";
+    case SIGHUP: return "SIGHUP";
+    default: return "a termination signal";
+  }
+}
+
+std::string rank_of(int rank, int size) {
+  return "rank " + std::to_string(rank) + " of " + std::to_string(size);
+}
+
+[[noreturn]] void flush_and_exit(int code) {
+  std::fflush(stdout);
+  std::fflush(stderr);
+  _exit(code);
+}
+
+[[noreturn]] void wait_forever() {
+  for (;;) pause();
+}
+
+}  // namespace
+
+int parse_exit_code(const std::string& text) {
+  if (text.empty() || text.size() > 3 || text.find_first_not_of("0123456789") != std::string::npos) {
+    return kExitRankDied;
+  }
+  const int code = std::stoi(text);
+  return code <= 255 ? code : kExitRankDied;
+}
+
+Lifeline& Lifeline::start(const LaunchInfo& launch, Report& report,
+                          std::chrono::milliseconds heartbeat_timeout) {
+  auto* l = new Lifeline(launch, report, heartbeat_timeout);  // lives until the process ends
+  g_lifeline.store(l);
+  struct sigaction sa {};
+  sa.sa_handler = &Lifeline::on_termination_signal;
+  sa.sa_flags = SA_RESTART;
+  sigemptyset(&sa.sa_mask);
+  for (int sig : {SIGTERM, SIGINT, SIGHUP}) sigaction(sig, &sa, nullptr);
+  return *l;
+}
+
+Lifeline* Lifeline::get() { return g_lifeline.load(); }
+
+Lifeline::Lifeline(const LaunchInfo& launch, Report& report, milliseconds heartbeat)
+    : launch_(launch), report_(report), heartbeat_(heartbeat) {
+  int fds[2];
+  if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) != 0) {
+    throw ConfigError(std::string("cannot create the lifeline's pipe: ") + std::strerror(errno));
+  }
+  sig_read_ = fds[0];
+  g_sig_write = fds[1];
+  const auto n = static_cast<std::size_t>(launch_.world_size);
+  peers_.reset(new Peer[n]);
+  g_fds.reset(new std::atomic<int>[n]);
+  for (std::size_t i = 0; i < n; ++i) g_fds[i].store(-1);
+  g_fd_count.store(static_cast<int>(n));
+  last_wake_ = Clock::now();
+  thread_ = std::thread([this] {
+    detail::prepare_thread_for_signals();
+    loop();
+  });
+  thread_id_ = thread_.get_id();
+}
+
+Lifeline::~Lifeline() { close(); }
+
+void Lifeline::on_termination_signal(int sig) {
+  const int saved = errno;
+  const char byte = static_cast<char>(sig);
+  if (g_sig_write >= 0) {
+    const ssize_t ignored = write(g_sig_write, &byte, 1);
+    (void)ignored;
+  }
+  errno = saved;
+}
+
+void Lifeline::announce_crash(const char* what) {
+  char line[600];
+  std::size_t len = 0;
+  line[len++] = 'C';
+  for (; *what != '\0' && len + 2 < sizeof(line); ++what) line[len++] = *what == '\n' ? ' ' : *what;
+  line[len++] = '\n';
+  const int n = g_fd_count.load();
+  for (int i = 0; i < n; ++i) {
+    const int fd = g_fds[static_cast<std::size_t>(i)].load();
+    if (fd >= 0) write_all(fd, line, len);
+  }
+}
+
+void Lifeline::connect(ControlPlane& cp, milliseconds timeout) {
+  if (launch_.world_size == 1) return;
+  const bool one_host = launch_.local_world_size == launch_.world_size;
+  if (launch_.rank == 0) {
+    listen_fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    // One host: loopback only. Several: every interface, like the TCPStore (see control_plane.hpp).
+    addr.sin_addr.s_addr = htonl(one_host ? INADDR_LOOPBACK : INADDR_ANY);
+    socklen_t len = sizeof(addr);
+    if (listen_fd_ < 0 || bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), len) != 0 ||
+        listen(listen_fd_, 1024) != 0 ||
+        getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+      throw RendezvousError(std::string("cannot open the lifeline's listening socket: ") +
+                            std::strerror(errno));
+    }
+    set_nonblocking(listen_fd_);
+    std::random_device rd;
+    std::ostringstream token;
+    token << std::hex << rd() << rd() << rd() << rd();
+    token_ = token.str();
+    std::string host = one_host ? "127.0.0.1" : launch_.master_addr;
+    if (host.empty()) {
+      char name[256] = {0};
+      gethostname(name, sizeof(name) - 1);
+      host = name;
+    }
+    cp.set("lifeline", host + " " + std::to_string(ntohs(addr.sin_port)) + " " + token_);
+    const char wake = 0;  // the thread starts watching the listening socket
+    const ssize_t ignored = write(g_sig_write, &wake, 1);
+    (void)ignored;
+    return;
+  }
+  std::istringstream in(cp.get("lifeline", timeout));
+  std::string host;
+  std::string port;
+  std::string token;
+  in >> host >> port >> token;
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* found = nullptr;
+  if (getaddrinfo(host.c_str(), port.c_str(), &hints, &found) != 0) {
+    throw RendezvousError("cannot resolve rank 0's lifeline address " + host + ":" + port);
+  }
+  int fd = -1;
+  for (addrinfo* a = found; a != nullptr && fd < 0; a = a->ai_next) {
+    fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
+    if (fd >= 0 && ::connect(fd, a->ai_addr, a->ai_addrlen) != 0) {
+      ::close(fd);
+      fd = -1;
+    }
+  }
+  freeaddrinfo(found);
+  if (fd < 0) {
+    throw RendezvousError("cannot connect to rank 0's lifeline at " + host + ":" + port + ": " +
+                          std::strerror(errno));
+  }
+  const std::string hello = "H" + std::to_string(launch_.rank) + " " + token + "\n";
+  write_all(fd, hello.data(), hello.size());
+  set_nonblocking(fd);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    peers_[0].fd = fd;
+    peers_[0].joined = true;
+  }
+  g_fds[0].store(fd);
+  const char wake = 0;
+  const ssize_t ignored = write(g_sig_write, &wake, 1);
+  (void)ignored;
+}
+
+void Lifeline::send_line(int fd, const std::string& line) {
+  if (fd >= 0) write_all(fd, line.data(), line.size());
+}
+
+void Lifeline::say_bye() {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (int r = 0; r < launch_.world_size; ++r) {
+    Peer& p = peers_[static_cast<std::size_t>(r)];
+    if (p.joined && !p.closed) send_line(p.fd, "B\n");
+  }
+}
+
+void Lifeline::close() {
+  if (!thread_.joinable()) return;
+  stopping_ = true;
+  const char stop = 0;
+  const ssize_t ignored = write(g_sig_write, &stop, 1);
+  (void)ignored;
+  if (std::this_thread::get_id() != thread_id_) thread_.join();
+  std::lock_guard<std::mutex> lock(mu_);
+  g_fd_count.store(0);
+  for (int r = 0; r < launch_.world_size; ++r) {
+    Peer& p = peers_[static_cast<std::size_t>(r)];
+    if (p.fd >= 0) ::close(p.fd);
+    p.fd = -1;
+  }
+  for (auto& p : pending_) ::close(p.fd);
+  pending_.clear();
+  if (listen_fd_ >= 0) ::close(listen_fd_);
+  listen_fd_ = -1;
+}
+
+std::string Lifeline::in_progress() const { return report_.in_progress(); }
+
+bool Lifeline::claim() {
+  bool expected = false;
+  return g_claimed.compare_exchange_strong(expected, true);
+}
+
+void Lifeline::loop() {
+  while (!stopping_) {
+    std::vector<pollfd> fds;
+    std::vector<int> who;  // -1 signal pipe, -2 listener, -3 - i pending i, else a rank
+    fds.push_back({sig_read_, POLLIN, 0});
+    who.push_back(-1);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (listen_fd_ >= 0) {
+        fds.push_back({listen_fd_, POLLIN, 0});
+        who.push_back(-2);
+      }
+      for (std::size_t i = 0; i < pending_.size(); ++i) {
+        fds.push_back({pending_[i].fd, POLLIN, 0});
+        who.push_back(-3 - static_cast<int>(i));
+      }
+      for (int r = 0; r < launch_.world_size; ++r) {
+        const Peer& p = peers_[static_cast<std::size_t>(r)];
+        if (p.fd >= 0 && !p.closed) {
+          fds.push_back({p.fd, POLLIN, 0});
+          who.push_back(r);
+        }
+      }
+    }
+    milliseconds wait = kWake;
+    if (settle_until_ != Clock::time_point::max()) {
+      wait = std::max(milliseconds(0), std::min(wait, std::chrono::duration_cast<milliseconds>(
+                                                          settle_until_ - Clock::now())));
+    }
+    const int n = poll(fds.data(), fds.size(), static_cast<int>(wait.count()));
+    const auto now = Clock::now();
+    const auto gap = std::chrono::duration_cast<milliseconds>(now - last_wake_);
+    if (gap > kPauseGap + wait) longest_pause_ = std::max(longest_pause_, gap);
+    last_wake_ = now;
+    if (n < 0 && errno != EINTR) break;
+    // Pending connections first (their indexes shift as they join), in reverse order.
+    for (std::size_t i = fds.size(); i-- > 0;) {
+      if (n <= 0 || fds[i].revents == 0) continue;
+      if (who[i] <= -3) read_pending(static_cast<std::size_t>(-3 - who[i]));
+    }
+    for (std::size_t i = 0; n > 0 && i < fds.size(); ++i) {
+      if (fds[i].revents == 0) continue;
+      if (who[i] == -1) {
+        char buf[64];
+        const ssize_t got = read(sig_read_, buf, sizeof(buf));
+        for (ssize_t k = 0; k < got; ++k) {
+          if (buf[k] != 0) on_own_signal(buf[k]);
+        }
+      } else if (who[i] == -2) {
+        accept_one();
+      } else if (who[i] >= 0) {
+        read_peer(who[i]);
+      }
+    }
+    if (g_claimed.load()) continue;  // another thread ends the run; keep reading acks
+    if (settle_until_ != Clock::time_point::max() && Clock::now() >= settle_until_) decide();
+  }
+}
+
+void Lifeline::accept_one() {
+  for (;;) {
+    const int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (fd < 0) return;
+    std::lock_guard<std::mutex> lock(mu_);
+    pending_.push_back({fd, ""});
+  }
+}
+
+void Lifeline::read_pending(std::size_t i) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (i >= pending_.size()) return;
+  Pending& p = pending_[i];
+  char buf[256];
+  const ssize_t got = recv(p.fd, buf, sizeof(buf), 0);
+  if (got < 0 && (errno == EAGAIN || errno == EINTR)) return;
+  if (got > 0) p.buf.append(buf, static_cast<std::size_t>(got));
+  const auto nl = p.buf.find('\n');
+  if (got <= 0 || p.buf.size() > 200 || (nl != std::string::npos && p.buf[0] != 'H')) {
+    ::close(p.fd);  // gone before saying hello, or not one of ours
+    pending_.erase(pending_.begin() + static_cast<std::ptrdiff_t>(i));
+    return;
+  }
+  if (nl == std::string::npos) return;
+  std::istringstream hello(p.buf.substr(1, nl - 1));
+  int rank = -1;
+  std::string token;
+  hello >> rank >> token;
+  const std::string rest = p.buf.substr(nl + 1);
+  const int fd = p.fd;
+  pending_.erase(pending_.begin() + static_cast<std::ptrdiff_t>(i));
+  if (rank <= 0 || rank >= launch_.world_size || token != token_ ||
+      peers_[static_cast<std::size_t>(rank)].joined) {
+    ::close(fd);
+    return;
+  }
+  Peer& peer = peers_[static_cast<std::size_t>(rank)];
+  peer.fd = fd;
+  peer.joined = true;
+  peer.buf = rest;
+  g_fds[static_cast<std::size_t>(rank)].store(fd);
+}
+
+void Lifeline::read_peer(int rank) {
+  std::vector<std::string> lines;
+  bool closed = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    Peer& p = peers_[static_cast<std::size_t>(rank)];
+    char buf[4096];
+    for (;;) {
+      const ssize_t got = recv(p.fd, buf, sizeof(buf), 0);
+      if (got > 0) {
+        p.buf.append(buf, static_cast<std::size_t>(got));
+        continue;
+      }
+      if (got < 0 && errno == EINTR) continue;
+      if (got == 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) closed = true;
+      break;
+    }
+    for (auto nl = p.buf.find('\n'); nl != std::string::npos; nl = p.buf.find('\n')) {
+      lines.push_back(p.buf.substr(0, nl));
+      p.buf.erase(0, nl + 1);
+    }
+  }
+  for (const auto& line : lines) on_line(rank, line);
+  if (closed) on_closed(rank);
+}
+
+void Lifeline::on_line(int rank, const std::string& line) {
+  if (line.empty()) return;
+  Peer& p = peers_[static_cast<std::size_t>(rank)];
+  const std::string text = line.substr(1);
+  switch (line[0]) {
+    case 'B':
+      p.bye = true;
+      break;
+    case 'A':
+      p.done = true;
+      break;
+    case 'L':
+      p.lost_zero = true;
+      p.text = text;
+      if (!g_claimed.load()) settle_until_ = std::min(settle_until_, Clock::now() + kSettle);
+      break;
+    case 'C':
+    case 'T':
+      if (p.kind != 'C') {
+        p.kind = line[0];
+        p.text = text;
+      }
+      if (!g_claimed.load()) settle_until_ = std::min(settle_until_, Clock::now() + kSettle);
+      break;
+    case 'E': {
+      // Rank 0's verdict.
+      if (launch_.rank == 0) break;
+      const auto space = text.find(' ');
+      const int code = parse_exit_code(text.substr(0, space));
+      send_line(p.fd, "A\n");
+      if (!claim()) return;  // this process is ending already
+      flush_and_exit(code);
+    }
+    default:
+      break;
+  }
+}
+
+void Lifeline::on_closed(int rank) {
+  Peer& p = peers_[static_cast<std::size_t>(rank)];
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    p.closed = true;
+    p.done = true;
+  }
+  if (g_claimed.load() || p.bye) return;
+  if (launch_.rank != 0) {
+    rank_zero_died();
+    return;
+  }
+  settle_until_ = std::min(settle_until_, Clock::now() + kSettle);
+}
+
+std::string Lifeline::supervisor_note(int* rank) const {
+  // The self-spawn supervisor writes what it saw before it ends the others.
+  const char* dir = std::getenv("C10DTEST_RDZV_DIR");
+  if (dir == nullptr || launch_.launcher != Launcher::kSelfSpawnChild) return "";
+  std::ifstream in(std::string(dir) + "/ended");
+  std::string text;
+  if (!(in >> *rank) || !std::getline(in >> std::ws, text)) return "";
+  return text;
+}
+
+void Lifeline::decide() {
+  settle_until_ = Clock::time_point::max();
+  const int size = launch_.world_size;
+  // Who to blame: a crash or a silent death first, then a terminated rank.
+  int culprit = -1;
+  int best = 0;
+  std::vector<int> lost;
+  for (int r = 1; r < size; ++r) {
+    const Peer& p = peers_[static_cast<std::size_t>(r)];
+    if (p.lost_zero) lost.push_back(r);
+    int score = 0;
+    if (p.kind == 'C' || (p.closed && !p.bye && !p.lost_zero && p.kind == 0)) {
+      score = 3;
+    } else if (p.kind == 'T') {
+      score = 2;
+    }
+    if (score > best) {
+      best = score;
+      culprit = r;
+    }
+  }
+  const std::string during = " during " + in_progress();
+  int noted = -1;
+  const std::string note = supervisor_note(&noted);
+  if (culprit < 0 && !lost.empty()) {
+    // The others left because this rank did not answer: it was stopped or starved.
+    const Peer& p = peers_[static_cast<std::size_t>(lost.front())];
+    std::ostringstream os;
+    os << "[  DEAD    ] " << rank_of(0, size) << " (this rank) stopped answering: "
+       << rank_of(lost.front(), size) << " reported " << p.text << during;
+    if (longest_pause_.count() > 0) {
+      os << " (this process was stopped for " << longest_pause_.count() << " ms)";
+    }
+    os << "\nc10dtest: ending all ranks (exit code " << kExitRankDied << ")\n";
+    end_run(kExitRankDied, os.str(), os.str());
+  }
+  if (culprit < 0 && own_signal_ == 0) return;
+  std::ostringstream os;
+  if (!note.empty() && noted > 0 && noted < size) {
+    os << "[  DEAD    ] " << rank_of(noted, size) << " " << note << during;
+  } else if (culprit > 0) {
+    const Peer& p = peers_[static_cast<std::size_t>(culprit)];
+    os << "[  DEAD    ] " << rank_of(culprit, size);
+    if (p.kind == 'C') {
+      os << " crashed: " << p.text;
+    } else if (p.kind == 'T') {
+      os << " was terminated: it received " << p.text << during;
+    } else {
+      os << " died: its process ended without a word (killed by SIGKILL, or it exited outside "
+            "c10dtest)"
+         << during;
+    }
+  } else {
+    std::vector<int> missing;
+    for (int r = 1; r < size; ++r) {
+      if (!peers_[static_cast<std::size_t>(r)].joined) missing.push_back(r);
+    }
+    os << "[  ENDED   ] " << rank_of(0, size) << " received " << signal_text(own_signal_)
+       << during << ": the launcher or a user ended the run";
+    if (!missing.empty()) {
+      os << " (" << rank_list(missing) << " had not connected yet)";
+    }
+  }
+  os << "\nc10dtest: ending all ranks (exit code " << kExitRankDied << ")\n";
+  end_run(kExitRankDied, os.str(), os.str());
+}
+
+void Lifeline::on_own_signal(int sig) {
+  if (g_claimed.load()) return;
+  own_signal_ = sig;
+  if (launch_.rank == 0) {
+    settle_until_ = std::min(settle_until_, Clock::now() + kOwnSignalSettle);
+    return;
+  }
+  // Ranks > 0: say so, then give rank 0 a moment to send its verdict (or to be found dead).
+  const Peer& zero = peers_[0];
+  if (zero.joined && !zero.closed) {
+    send_line(zero.fd, std::string("T") + signal_text(sig) + " (the launcher or a user ended " +
+                           rank_of(launch_.rank, launch_.world_size) + ")\n");
+  }
+  const auto until = Clock::now() + kOwnSignalSettle + kOwnSignalSettle;
+  while (zero.joined && !zero.closed && Clock::now() < until) {
+    pollfd pfd{zero.fd, POLLIN, 0};
+    if (poll(&pfd, 1, 20) > 0) read_peer(0);
+  }
+  leave(kExitRankDied, "c10dtest: " + rank_of(launch_.rank, launch_.world_size) + ": received " +
+                           signal_text(sig) + " during " + in_progress() + "; ending this rank");
+}
+
+void Lifeline::rank_zero_died() {
+  const Peer& zero = peers_[0];
+  std::string what;
+  int noted = -1;
+  const std::string note = supervisor_note(&noted);
+  if (zero.kind == 'C') {
+    what = "crashed: " + zero.text;
+  } else if (zero.kind == 'T') {
+    what = "was terminated: it received " + zero.text + " during " + in_progress();
+  } else if (!note.empty() && noted == 0) {
+    what = note + " during " + in_progress();
+  } else {
+    what = "died: its process ended without a word (killed by SIGKILL, or it exited outside "
+           "c10dtest) during " +
+           in_progress();
+  }
+  report_rank_zero(what);
+}
+
+void Lifeline::report_rank_zero(const std::string& what) {
+  if (!claim()) wait_forever();
+  const int size = launch_.world_size;
+  const std::string line = "[  DEAD    ] " + rank_of(0, size) + " " + what +
+                           "\nc10dtest: the other ranks end (exit code " +
+                           std::to_string(kExitRankDied) + ")\n";
+  // Every survivor completes the report (one of them may be gone too); rank 1 prints.
+  report_.write_fault(line);
+  if (launch_.rank == 1) {
+    std::fflush(stdout);
+    std::fputs(line.c_str(), stdout);
+  }
+  flush_and_exit(kExitRankDied);
+}
+
+void Lifeline::rank_zero_lost(const std::string& why) {
+  // This rank may have been the one stopped: the lifeline may hold rank 0's verdict already.
+  await_explanation(kExplainWait);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!g_claimed.load() && peers_[0].joined && !peers_[0].closed) {
+      send_line(peers_[0].fd, "L" + why + "\n");
+    }
+  }
+  report_rank_zero("stopped answering: " + rank_of(launch_.rank, launch_.world_size) + " " + why +
+                   " during " + in_progress());
+}
+
+void Lifeline::await_explanation(milliseconds limit) {
+  const auto until = Clock::now() + limit;
+  while (Clock::now() < until) {
+    if (g_claimed.load()) wait_forever();
+    std::this_thread::sleep_for(milliseconds(10));
+  }
+}
+
+void Lifeline::leave(int code, const std::string& message) {
+  if (!claim()) wait_forever();
+  std::fflush(stdout);
+  std::fprintf(stderr, "%s\n", message.c_str());
+  flush_and_exit(code);
+}
+
+void Lifeline::wait_for_acks(milliseconds limit) {
+  const auto until = Clock::now() + limit;
+  const bool on_thread = std::this_thread::get_id() == thread_id_;
+  while (Clock::now() < until) {
+    bool all = true;
+    for (int r = 1; r < launch_.world_size; ++r) {
+      const Peer& p = peers_[static_cast<std::size_t>(r)];
+      if (p.joined && !p.done.load()) all = false;
+    }
+    if (all) return;
+    if (!on_thread) {
+      std::this_thread::sleep_for(milliseconds(10));
+      continue;
+    }
+    std::vector<pollfd> fds;
+    std::vector<int> who;
+    for (int r = 1; r < launch_.world_size; ++r) {
+      const Peer& p = peers_[static_cast<std::size_t>(r)];
+      if (p.joined && !p.done.load()) {
+        fds.push_back({p.fd, POLLIN, 0});
+        who.push_back(r);
+      }
+    }
+    if (poll(fds.data(), fds.size(), 20) <= 0) continue;
+    for (std::size_t i = 0; i < fds.size(); ++i) {
+      if (fds[i].revents != 0) read_peer(who[i]);
+    }
+  }
+}
+
+void Lifeline::end_run(int code, const std::string& printed, const std::string& cause) {
+  if (!claim()) wait_forever();
+  std::fflush(stdout);
+  std::fputs(printed.c_str(), stdout);
+  std::fflush(stdout);
+  report_.write_fault(cause);
+  if (launch_.rank == 0) {
+    const std::string verdict = "E" + std::to_string(code) + " " + rank_of(0, launch_.world_size) +
+                                " ends the run\n";
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (int r = 1; r < launch_.world_size; ++r) {
+        Peer& p = peers_[static_cast<std::size_t>(r)];
+        if (p.joined && !p.closed) send_line(p.fd, verdict);
+      }
+    }
+    wait_for_acks(kAckLimit);
+  }
+  flush_and_exit(code);
+}
+
+}  // namespace c10dtest::detail

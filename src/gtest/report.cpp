@@ -1,0 +1,302 @@
+#include "report.hpp"
+
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <sstream>
+
+namespace c10dtest::detail {
+
+namespace {
+
+bool valid_xml_char(unsigned char c) { return c == '\t' || c == '\n' || c == '\r' || c >= 0x20; }
+
+std::string seconds(std::int64_t ms) {
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "%.3f", static_cast<double>(ms) / 1000.0);
+  return buf;
+}
+
+std::string iso8601(std::int64_t ms) {
+  const std::time_t secs = static_cast<std::time_t>(ms / 1000);
+  std::tm tm{};
+  if (localtime_r(&secs, &tm) == nullptr) return "";
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02d.%03d", tm.tm_year + 1900,
+                tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                static_cast<int>(ms % 1000));
+  return buf;
+}
+
+std::int64_t now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+std::string cdata(const std::string& text) {
+  std::string clean;
+  for (char c : text) {
+    if (valid_xml_char(static_cast<unsigned char>(c))) clean += c;
+  }
+  std::string out = "<![CDATA[";
+  std::size_t pos = 0;
+  for (auto end = clean.find("]]>"); end != std::string::npos; end = clean.find("]]>", pos)) {
+    out += clean.substr(pos, end - pos) + "]]>]]&gt;<![CDATA[";
+    pos = end + 3;
+  }
+  return out + clean.substr(pos) + "]]>";
+}
+
+std::string attr(const char* name, const std::string& value) {
+  return std::string(" ") + name + "=\"" + Report::escape_attribute(value) + "\"";
+}
+
+std::string location(const char* file, int line) {
+  const std::string f = file == nullptr ? "unknown file" : file;
+  return line < 0 ? f : f + ":" + std::to_string(line);
+}
+
+// The children of a <testcase>: failures, skips and properties, as gtest writes them.
+std::string result_body(const ::testing::TestResult& result, const std::string& own_tag) {
+  std::string out;
+  for (int i = 0; i < result.total_part_count(); ++i) {
+    const ::testing::TestPartResult& part = result.GetTestPartResult(i);
+    if (!part.failed() && !part.skipped()) continue;
+    const std::string where = location(part.file_name(), part.line_number());
+    const char* tag = part.failed() ? "failure" : "skipped";
+    const std::string rank =
+        part.failed() && std::strncmp(part.message(), "[rank ", 6) != 0 ? own_tag : "";
+    out += std::string("      <") + tag + attr("message", where + "\n" + rank + part.summary()) +
+           (part.failed() ? attr("type", "") : "") + ">" +
+           cdata(where + "\n" + rank + part.message()) + "</" + tag + ">\n";
+  }
+  if (result.test_property_count() > 0) {
+    out += "      <properties>\n";
+    for (int i = 0; i < result.test_property_count(); ++i) {
+      const ::testing::TestProperty& p = result.GetTestProperty(i);
+      out += "        <property" + attr("name", p.key()) + attr("value", p.value()) + "/>\n";
+    }
+    out += "      </properties>\n";
+  }
+  return out;
+}
+
+std::string close_case(const std::string& body) {
+  return body.empty() ? " />\n" : ">\n" + body + "    </testcase>\n";
+}
+
+}  // namespace
+
+Report::Report(std::string path, bool writer, int rank, int world_size)
+    : path_(std::move(path)), writer_(writer) {
+  if (world_size > 1) {
+    own_tag_ = "[rank " + std::to_string(rank) + " of " + std::to_string(world_size) + "] ";
+  }
+  start_ms_ = now_ms();
+  now_start_ms_ = start_ms_;
+}
+
+std::string Report::path_from_gtest_flag() {
+  const std::string flag = GTEST_FLAG_GET(output);
+  if (flag != "xml" && flag.rfind("xml:", 0) != 0) return "";
+  std::string path = flag.size() > 4 ? flag.substr(4) : "test_detail.xml";
+  if (!path.empty() && path.back() == '/') {
+    char exe[4096] = {0};
+    const ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    const std::string full = n > 0 ? std::string(exe, static_cast<std::size_t>(n)) : "c10dtest";
+    path += full.substr(full.rfind('/') + 1) + ".xml";
+  }
+  return path;
+}
+
+std::string Report::escape_attribute(const std::string& s) {
+  std::string out;
+  out.reserve(s.size());
+  for (char c : s) {
+    switch (c) {
+      case '<': out += "&lt;"; break;
+      case '>': out += "&gt;"; break;
+      case '&': out += "&amp;"; break;
+      case '\'': out += "&apos;"; break;
+      case '"': out += "&quot;"; break;
+      case '\t': out += "&#x09;"; break;
+      case '\n': out += "&#x0A;"; break;
+      case '\r': out += "&#x0D;"; break;
+      default:
+        if (valid_xml_char(static_cast<unsigned char>(c))) out += c;
+    }
+  }
+  return out;
+}
+
+void Report::start_iteration(std::int64_t timestamp_ms, int random_seed) {
+  std::lock_guard<std::mutex> lock(mu_);
+  suites_.clear();
+  start_ms_ = timestamp_ms;
+  random_seed_ = random_seed;
+}
+
+void Report::begin(const std::string& suite, const std::string& name, const std::string& file,
+                   int line, const std::string& display) {
+  std::lock_guard<std::mutex> lock(mu_);
+  now_display_ = display;
+  now_suite_ = suite;
+  now_name_ = name;
+  now_file_ = file;
+  now_line_ = line;
+  now_start_ms_ = now_ms();
+}
+
+std::string Report::in_progress() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return now_display_;
+}
+
+Report::Suite& Report::suite_named(const std::string& name) {
+  for (auto& s : suites_) {
+    if (s.name == name) return s;
+  }
+  suites_.push_back({name, now_ms(), {}});
+  return suites_.back();
+}
+
+void Report::add_case(const std::string& suite, Case c) {
+  std::lock_guard<std::mutex> lock(mu_);
+  suite_named(suite).cases.push_back(std::move(c));
+}
+
+void Report::add_test(const ::testing::TestInfo& info) {
+  const ::testing::TestResult& result = *info.result();
+  Case c;
+  c.failed = result.Failed();
+  c.skipped = !c.failed && result.Skipped();
+  c.time_ms = result.elapsed_time();
+  c.xml = "    <testcase" + attr("name", info.name());
+  if (info.value_param() != nullptr) c.xml += attr("value_param", info.value_param());
+  if (info.type_param() != nullptr) c.xml += attr("type_param", info.type_param());
+  c.xml += attr("file", info.file()) + attr("line", std::to_string(info.line())) +
+           attr("status", "run") + attr("result", c.skipped ? "skipped" : "completed") +
+           attr("time", seconds(c.time_ms)) + attr("timestamp", iso8601(result.start_timestamp())) +
+           attr("classname", info.test_suite_name()) + close_case(result_body(result, own_tag_));
+  add_case(info.test_suite_name(), std::move(c));
+}
+
+void Report::add_suite_failure(const ::testing::TestSuite& suite) {
+  const ::testing::TestResult& result = suite.ad_hoc_test_result();
+  if (!result.Failed()) return;
+  Case c;
+  c.failed = true;
+  c.xml = "    <testcase" + attr("name", "(suite level)") + attr("status", "run") +
+          attr("result", "completed") + attr("time", "0.000") +
+          attr("timestamp", iso8601(now_ms())) + attr("classname", suite.name()) +
+          close_case(result_body(result, own_tag_));
+  add_case(suite.name(), std::move(c));
+}
+
+void Report::add_unit_failure(const ::testing::TestResult& result) {
+  if (!result.Failed()) return;
+  Case c;
+  c.failed = true;
+  c.xml = "    <testcase" + attr("name", "") + attr("status", "run") + attr("result", "completed") +
+          attr("time", seconds(result.elapsed_time())) + attr("timestamp", iso8601(now_ms())) +
+          attr("classname", "") + close_case(result_body(result, own_tag_));
+  add_case("NonTestSuiteFailure", std::move(c));
+}
+
+std::string Report::render(const std::string& extra_suite, const Case* extra) const {
+  int tests = 0;
+  int failures = 0;
+  std::int64_t total_ms = now_ms() - start_ms_;
+  std::ostringstream body;
+  auto suite_xml = [&](const std::string& name, std::int64_t stamp, std::vector<const Case*> cs) {
+    int f = 0;
+    int s = 0;
+    std::int64_t ms = 0;
+    for (const Case* c : cs) {
+      f += c->failed ? 1 : 0;
+      s += c->skipped ? 1 : 0;
+      ms += c->time_ms;
+    }
+    tests += static_cast<int>(cs.size());
+    failures += f;
+    body << "  <testsuite" << attr("name", name) << attr("tests", std::to_string(cs.size()))
+         << attr("failures", std::to_string(f)) << attr("disabled", "0")
+         << attr("skipped", std::to_string(s)) << attr("errors", "0")
+         << attr("time", seconds(ms)) << attr("timestamp", iso8601(stamp)) << ">\n";
+    for (const Case* c : cs) body << c->xml;
+    body << "  </testsuite>\n";
+  };
+  bool extra_done = extra == nullptr;
+  for (const auto& s : suites_) {
+    std::vector<const Case*> cs;
+    for (const auto& c : s.cases) cs.push_back(&c);
+    if (!extra_done && s.name == extra_suite) {
+      cs.push_back(extra);
+      extra_done = true;
+    }
+    suite_xml(s.name, s.timestamp_ms, cs);
+  }
+  if (!extra_done) suite_xml(extra_suite, now_start_ms_, {extra});
+  std::ostringstream out;
+  out << "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites"
+      << attr("tests", std::to_string(tests)) << attr("failures", std::to_string(failures))
+      << attr("disabled", "0") << attr("errors", "0") << attr("time", seconds(total_ms))
+      << attr("timestamp", iso8601(start_ms_));
+  if (GTEST_FLAG_GET(shuffle)) out << attr("random_seed", std::to_string(random_seed_));
+  out << attr("name", "AllTests") << ">\n" << body.str() << "</testsuites>\n";
+  return out.str();
+}
+
+void Report::write_locked(const std::string& text) {
+  const std::string tmp = path_ + ".tmp." + std::to_string(getpid());
+  FILE* f = std::fopen(tmp.c_str(), "w");
+  bool ok = f != nullptr;
+  if (ok) {
+    ok = std::fwrite(text.data(), 1, text.size(), f) == text.size();
+    ok = std::fclose(f) == 0 && ok;
+  }
+  if (ok) ok = std::rename(tmp.c_str(), path_.c_str()) == 0;
+  if (!ok) {
+    const int err = errno;
+    std::remove(tmp.c_str());
+    if (!warned_) {
+      warned_ = true;
+      std::fprintf(stderr, "c10dtest: cannot write the XML report %s: %s\n", path_.c_str(),
+                   std::strerror(err));
+    }
+  }
+}
+
+void Report::write() {
+  if (!enabled() || !writer_) return;
+  std::lock_guard<std::mutex> lock(mu_);
+  if (sealed_) return;
+  write_locked(render("", nullptr));
+}
+
+void Report::write_fault(const std::string& cause) {
+  if (!enabled()) return;
+  std::lock_guard<std::mutex> lock(mu_);
+  if (sealed_) return;
+  sealed_ = true;
+  Case c;
+  c.failed = true;
+  c.time_ms = now_start_ms_ > 0 ? now_ms() - now_start_ms_ : 0;
+  c.xml = "    <testcase" + attr("name", now_name_);
+  if (!now_file_.empty()) {
+    c.xml += attr("file", now_file_) + attr("line", std::to_string(now_line_));
+  }
+  const std::string summary = "c10dtest: the run ended here\n" + cause;
+  c.xml += attr("status", "run") + attr("result", "completed") + attr("time", seconds(c.time_ms)) +
+           attr("timestamp", iso8601(now_start_ms_ > 0 ? now_start_ms_ : start_ms_)) +
+           attr("classname", now_suite_) + ">\n      <failure" + attr("message", summary) +
+           attr("type", "") + ">" + cdata(summary) + "</failure>\n    </testcase>\n";
+  write_locked(render(now_suite_, &c));
+}
+
+}  // namespace c10dtest::detail

@@ -1,0 +1,97 @@
+// The JUnit XML report (--gtest_output=xml[:PATH]), written by c10dtest instead of gtest.
+//
+// gtest writes its report once, when the program ends; a run that a crash, a hang or the
+// launcher ends never gets there, and CI keeps nothing. This report is rewritten atomically
+// (a temporary file in the same directory, then rename) after every test, so the file holds
+// every finished test at every moment. When the run ends by a fault, the process that ends it
+// completes the file with the test in progress, failed, with the cause (which rank, what
+// happened).
+//
+// Every rank keeps the same records (every rank knows every rank's results), so a survivor can
+// write the file when rank 0 is the one that died. Only rank 0 writes it while the run is healthy.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace c10dtest::detail {
+
+class Report {
+ public:
+  // `path` "" disables the report. `writer`: this process rewrites the file as tests finish.
+  // Failures this rank records itself are tagged "[rank R of W]" when W > 1, as the failures it
+  // adopts from the other ranks are.
+  Report(std::string path, bool writer, int rank, int world_size);
+
+  // The file gtest's --gtest_output flag asks for ("" when it asks for none or for JSON):
+  // "xml" -> test_detail.xml, "xml:DIR/" -> DIR/<binary>.xml, "xml:FILE" -> FILE.
+  static std::string path_from_gtest_flag();
+
+  const std::string& path() const { return path_; }
+  bool enabled() const { return !path_.empty(); }
+  bool writer() const { return writer_; }
+
+  // A new iteration (--gtest_repeat): the file describes the latest one, as gtest's does.
+  void start_iteration(std::int64_t timestamp_ms, int random_seed);
+  // What runs now, and is failed if the run ends before it does: a test, a suite's own code
+  // (SetUpTestSuite, TearDownTestSuite, fixture code between tests), start-up or shutdown.
+  // `display` is how messages name it ("Suite.Test").
+  void begin(const std::string& suite, const std::string& name, const std::string& file, int line,
+             const std::string& display);
+  std::string in_progress() const;
+  // The test's verdict, as gtest records it on this rank (every rank's failures included).
+  void add_test(const ::testing::TestInfo& info);
+  // Failures of a suite's own code, as a test case named after it.
+  void add_suite_failure(const ::testing::TestSuite& suite);
+  // Failures outside any suite (a global Environment), as gtest reports them.
+  void add_unit_failure(const ::testing::TestResult& result);
+  // Rewrites the file (the writer only). Errors are printed once, never thrown.
+  void write();
+
+  // Completes the file for a run that ends now: the work in progress fails with `cause`.
+  // Writes whatever this process is (the caller decides who reports); later writes are ignored.
+  void write_fault(const std::string& cause);
+
+  // XML-escaped text for an attribute value; characters XML cannot hold are dropped.
+  static std::string escape_attribute(const std::string& s);
+
+ private:
+  struct Case {
+    std::string xml;  // the <testcase> element
+    bool failed = false;
+    bool skipped = false;
+    std::int64_t time_ms = 0;
+  };
+  struct Suite {
+    std::string name;
+    std::int64_t timestamp_ms = 0;
+    std::vector<Case> cases;
+  };
+  Suite& suite_named(const std::string& name);
+  void add_case(const std::string& suite, Case c);
+  // The whole document; `extra` (a fault's test case) is added to suite `extra_suite`.
+  std::string render(const std::string& extra_suite, const Case* extra) const;
+  void write_locked(const std::string& text);
+
+  std::string path_;
+  bool writer_;
+  std::string own_tag_;
+  mutable std::mutex mu_;
+  std::vector<Suite> suites_;
+  std::int64_t start_ms_ = 0;
+  int random_seed_ = 0;
+  bool sealed_ = false;  // a fault's report is written: nothing may overwrite it
+  bool warned_ = false;
+  std::string now_suite_ = "c10dtest";
+  std::string now_name_ = "start-up";
+  std::string now_display_ = "start-up";
+  std::string now_file_;
+  int now_line_ = 0;
+  std::int64_t now_start_ms_ = 0;
+};
+
+}  // namespace c10dtest::detail
