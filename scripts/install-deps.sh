@@ -4,7 +4,7 @@
 # it for their own: Slurm, iproute2, buildah, ...)
 set -euo pipefail
 
-packages=(g++ make cmake git libtorch-dev libgloo-dev libopenmpi-dev openmpi-bin
+packages=(g++ make cmake git libtorch-dev libgloo-dev libopenmpi-dev openmpi-bin python3
           libgtest-dev libgmock-dev)
 if [ $# -gt 0 ]; then
   packages=("$@")

@@ -12,6 +12,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -32,9 +33,12 @@ class ControlPlane {
   // address and the ranks that did not arrive. `stall`: when no rank has arrived for that long
   // while some are still missing (a rank stopped or crashed at start-up), the missing ranks are
   // named at once instead of after `timeout`; likewise when rank 0's store does not appear.
+  // `before_barrier` runs on every rank once its connection works, before the barrier (rank 0
+  // publishes there what the others need at once).
   static std::unique_ptr<ControlPlane> connect(
       const LaunchInfo& launch, std::chrono::milliseconds timeout,
-      std::chrono::milliseconds stall = std::chrono::milliseconds::max());
+      std::chrono::milliseconds stall = std::chrono::milliseconds::max(),
+      const std::function<void(ControlPlane&)>& before_barrier = nullptr);
   ~ControlPlane();
 
   // A second connection to the same store and key space, for another thread (a c10d store

@@ -92,7 +92,8 @@ ControlPlane::~ControlPlane() {
 
 std::unique_ptr<ControlPlane> ControlPlane::connect(const LaunchInfo& launch,
                                                     std::chrono::milliseconds timeout,
-                                                    std::chrono::milliseconds stall) {
+                                                    std::chrono::milliseconds stall,
+                                                    const std::function<void(ControlPlane&)>& before_barrier) {
   const auto start = Clock::now();
   const auto deadline = start + timeout;
   const auto stall_at = stall >= timeout ? deadline : start + stall;
@@ -156,6 +157,7 @@ std::unique_ptr<ControlPlane> ControlPlane::connect(const LaunchInfo& launch,
     }
   }
   cp->tcp_->setTimeout(timeout);
+  if (before_barrier) before_barrier(*cp);
   cp->start_barrier(launch, deadline, stall);
   return cp;
 }

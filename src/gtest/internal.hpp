@@ -27,8 +27,13 @@ namespace detail {
 // "c10dtest: rank R of W: SIGSEGV (segmentation fault) in test T" and a backtrace to stderr,
 // call the handler installed before (a sanitizer's, the user's), then exit with kExitRankDied,
 // or die of the signal when core dumps are enabled (RLIMIT_CORE). Called first thing in init()
-// (with the rank the environment suggests) and again once the launch is known.
+// (with the rank the environment suggests, -1 when none) and again once the launch is known.
 void install_fatal_signal_handlers(int rank, int world_size);
+// This process is a rank (true from the start of init) or not (the self-spawn parent, a gtest
+// death test's child, a --gtest_list_tests run). Async-signal-safe reads: a process forked from a
+// rank (a "fast" death test) is not one, whatever it inherited.
+void mark_rank_process(bool rank);
+bool in_rank_process();
 // The "c10dtest: rank R of W: " prefix of the handler's line.
 void set_signal_rank(int rank, int world_size);
 // Gives the calling thread its own alternate signal stack, so that a stack overflow on it is
@@ -116,6 +121,7 @@ class Watchdog {
   std::thread guard_;
   std::atomic<bool> guard_stop_{false};
   std::atomic<Clock::rep> last_answer_{0};  // when a loop round of store calls last finished
+  std::atomic<bool> capturing_{false};       // the loop is capturing the main thread's stack
 
   std::mutex mu_;
   std::string test_name_;

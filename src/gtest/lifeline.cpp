@@ -51,6 +51,7 @@ std::unique_ptr<std::atomic<int>[]> g_fds;
 std::atomic<int> g_fd_count{0};
 std::atomic<bool> g_claimed{false};
 
+
 void set_nonblocking(int fd) { fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK); }
 
 void write_all(int fd, const char* data, std::size_t n) {
@@ -110,6 +111,8 @@ Lifeline& Lifeline::start(const LaunchInfo& launch, Report& report,
 
 Lifeline* Lifeline::get() { return g_lifeline.load(); }
 
+bool Lifeline::owns_this_process() { return in_rank_process(); }
+
 Lifeline::Lifeline(const LaunchInfo& launch, Report& report, milliseconds heartbeat)
     : launch_(launch), report_(report), heartbeat_(heartbeat) {
   int fds[2];
@@ -134,6 +137,11 @@ Lifeline::Lifeline(const LaunchInfo& launch, Report& report, milliseconds heartb
 Lifeline::~Lifeline() { close(); }
 
 void Lifeline::on_termination_signal(int sig) {
+  if (!owns_this_process()) {
+    signal(sig, SIG_DFL);
+    raise(sig);
+    return;
+  }
   const int saved = errno;
   const char byte = static_cast<char>(sig);
   if (g_sig_write >= 0) {
@@ -144,6 +152,7 @@ void Lifeline::on_termination_signal(int sig) {
 }
 
 void Lifeline::announce_crash(const char* what) {
+  if (!owns_this_process()) return;
   char line[600];
   std::size_t len = 0;
   line[len++] = 'C';
@@ -189,7 +198,9 @@ void Lifeline::connect(ControlPlane& cp, milliseconds timeout) {
     (void)ignored;
     return;
   }
-  std::istringstream in(cp.get("lifeline", timeout));
+  // Rank 0 publishes it right after its store is up: waiting longer than the heartbeat timeout
+  // means rank 0 stopped or died.
+  std::istringstream in(cp.get("lifeline", std::min(timeout, heartbeat_)));
   std::string host;
   std::string port;
   std::string token;
@@ -518,7 +529,7 @@ void Lifeline::decide() {
     os << "[  ENDED   ] " << rank_of(0, size) << " received " << signal_text(own_signal_)
        << during << ": the launcher or a user ended the run";
     if (!missing.empty()) {
-      os << " (" << rank_list(missing) << " had not connected yet)";
+      os << " (" << rank_list(missing) << " of " << size << " had not connected yet)";
     }
   }
   os << "\nc10dtest: ending all ranks (exit code " << kExitRankDied << ")\n";
@@ -533,14 +544,15 @@ void Lifeline::on_own_signal(int sig) {
     return;
   }
   // Ranks > 0: say so, then give rank 0 a moment to send its verdict (or to be found dead).
-  const Peer& zero = peers_[0];
-  if (zero.joined && !zero.closed) {
-    send_line(zero.fd, std::string("T") + signal_text(sig) + " (the launcher or a user ended " +
+  auto zero_fd = [this] {
+    std::lock_guard<std::mutex> lock(mu_);
+    return peers_[0].joined && !peers_[0].closed ? peers_[0].fd : -1;
+  };
+  send_line(zero_fd(), std::string("T") + signal_text(sig) + " (the launcher or a user ended " +
                            rank_of(launch_.rank, launch_.world_size) + ")\n");
-  }
   const auto until = Clock::now() + kOwnSignalSettle + kOwnSignalSettle;
-  while (zero.joined && !zero.closed && Clock::now() < until) {
-    pollfd pfd{zero.fd, POLLIN, 0};
+  for (int fd = zero_fd(); fd >= 0 && Clock::now() < until; fd = zero_fd()) {
+    pollfd pfd{fd, POLLIN, 0};
     if (poll(&pfd, 1, 20) > 0) read_peer(0);
   }
   leave(kExitRankDied, "c10dtest: " + rank_of(launch_.rank, launch_.world_size) + ": received " +
@@ -572,11 +584,15 @@ void Lifeline::report_rank_zero(const std::string& what) {
   const std::string line = "[  DEAD    ] " + rank_of(0, size) + " " + what +
                            "\nc10dtest: the other ranks end (exit code " +
                            std::to_string(kExitRankDied) + ")\n";
-  // Every survivor completes the report (one of them may be gone too); rank 1 prints.
+  // Every survivor completes the report (one of them may be gone too); rank 1 prints the
+  // verdict, the others say why they end (on stderr, which may be their own log file).
   report_.write_fault(line);
+  std::fflush(stdout);
   if (launch_.rank == 1) {
-    std::fflush(stdout);
     std::fputs(line.c_str(), stdout);
+  } else {
+    std::fprintf(stderr, "c10dtest: %s lost the control plane served by rank 0: rank 0 %s; "
+                 "ending this rank\n", rank_of(launch_.rank, size).c_str(), what.c_str());
   }
   flush_and_exit(kExitRankDied);
 }
@@ -614,9 +630,12 @@ void Lifeline::wait_for_acks(milliseconds limit) {
   const bool on_thread = std::this_thread::get_id() == thread_id_;
   while (Clock::now() < until) {
     bool all = true;
-    for (int r = 1; r < launch_.world_size; ++r) {
-      const Peer& p = peers_[static_cast<std::size_t>(r)];
-      if (p.joined && !p.done.load()) all = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (int r = 1; r < launch_.world_size; ++r) {
+        const Peer& p = peers_[static_cast<std::size_t>(r)];
+        if (p.joined && !p.done.load()) all = false;
+      }
     }
     if (all) return;
     if (!on_thread) {
@@ -625,11 +644,14 @@ void Lifeline::wait_for_acks(milliseconds limit) {
     }
     std::vector<pollfd> fds;
     std::vector<int> who;
-    for (int r = 1; r < launch_.world_size; ++r) {
-      const Peer& p = peers_[static_cast<std::size_t>(r)];
-      if (p.joined && !p.done.load()) {
-        fds.push_back({p.fd, POLLIN, 0});
-        who.push_back(r);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (int r = 1; r < launch_.world_size; ++r) {
+        const Peer& p = peers_[static_cast<std::size_t>(r)];
+        if (p.joined && !p.done.load()) {
+          fds.push_back({p.fd, POLLIN, 0});
+          who.push_back(r);
+        }
       }
     }
     if (poll(fds.data(), fds.size(), 20) <= 0) continue;

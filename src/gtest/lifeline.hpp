@@ -75,6 +75,10 @@ class Lifeline {
   // "Suite.Test", "Suite (SetUpTestSuite, ...)", "start-up" or "shutdown": what runs now.
   std::string in_progress() const;
 
+  // Async-signal-safe: whether this process is a rank (see in_rank_process()): a forked child
+  // (a gtest death test of the "fast" style) inherits the connections and the pipe, and must use
+  // neither.
+  static bool owns_this_process();
   // Async-signal-safe: tells the peers this process is dying of `what`.
   static void announce_crash(const char* what);
   // Async-signal-safe: the handler of SIGTERM, SIGINT and SIGHUP (installed by start()).

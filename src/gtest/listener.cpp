@@ -12,6 +12,7 @@
 #include "c10dtest/world.hpp"
 #include "common/text.hpp"
 #include "internal.hpp"
+#include "lifeline.hpp"
 #include "report.hpp"
 
 namespace c10dtest::detail {
@@ -152,6 +153,7 @@ void DistributedListener::check_test_lists(const ::testing::UnitTest& unit, int 
     world_.report_->write_fault(os.str());
   }
   cp.barrier(tag + "/reported", world_.options().rendezvous_timeout);
+  world_.lifeline_->say_bye();  // every rank stops for the same reason: no death to report
   std::fflush(stdout);
   _exit(kExitConfigError);
 }

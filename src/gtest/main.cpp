@@ -87,6 +87,7 @@ int init(int* argc, char** argv) {
     int size = -1;
     guess_rank(&rank, &size);
     detail::install_fatal_signal_handlers(rank, size);
+    detail::mark_rank_process(true);
   }
   detail::Report* report = nullptr;
   try {
@@ -95,11 +96,16 @@ int init(int* argc, char** argv) {
     ::testing::InitGoogleMock(argc, argv);
     const LaunchInfo launch = detect_launch(env, options.spawn_world_size);
     if (launch.launcher == Launcher::kSelfSpawnParent) {
+      detail::mark_rank_process(false);
       return detail::spawn_and_supervise(original, launch.world_size);
     }
     // A death test's child re-runs this binary inside one rank: it must not join the world.
-    if (!GTEST_FLAG_GET(internal_run_death_test).empty()) return -1;
+    if (!GTEST_FLAG_GET(internal_run_death_test).empty()) {
+      detail::mark_rank_process(false);
+      return -1;
+    }
     if (GTEST_FLAG_GET(list_tests)) {
+      detail::mark_rank_process(false);
       if (launch.rank != 0 && std::freopen("/dev/null", "w", stdout) == nullptr) return 1;
       return -1;
     }
@@ -138,7 +144,11 @@ int init(int* argc, char** argv) {
   } catch (const std::exception& e) {
     std::fprintf(stderr, "c10dtest: %s\n", e.what());
     std::fflush(stderr);
-    if (report != nullptr && report->writer()) report->write_fault(std::string("c10dtest: ") + e.what());
+    if (report != nullptr && report->writer()) {
+      report->write_fault(std::string("c10dtest: ") + e.what());
+    }
+    // Each rank stops with its own reason: closing the lifeline now is no death.
+    if (detail::Lifeline* lifeline = detail::Lifeline::get()) lifeline->say_bye();
     return kExitConfigError;
   }
 }

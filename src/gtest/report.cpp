@@ -1,5 +1,6 @@
 #include "report.hpp"
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -30,6 +31,52 @@ std::string iso8601(std::int64_t ms) {
                 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
                 static_cast<int>(ms % 1000));
   return buf;
+}
+
+std::atomic<const void*> g_template{nullptr};  // a Report::Template, for the signal handler
+std::atomic<bool>* g_sealed = nullptr;
+constexpr const char* kCauseMark = "@@c10dtest-cause@@";
+
+void write_str(int fd, const std::string& s) {
+  const char* p = s.data();
+  std::size_t n = s.size();
+  while (n > 0) {
+    const ssize_t w = ::write(fd, p, n);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) return;
+    p += w;
+    n -= static_cast<std::size_t>(w);
+  }
+}
+
+// Async-signal-safe: writes `text` escaped for an attribute (attribute) or as CDATA content.
+void write_escaped(int fd, const char* text, bool attribute) {
+  char buf[256];
+  std::size_t len = 0;
+  auto put = [&](const char* s) {
+    for (; *s != '\0'; ++s) {
+      if (len == sizeof(buf)) {
+        const ssize_t ignored = ::write(fd, buf, len);
+        (void)ignored;
+        len = 0;
+      }
+      buf[len++] = *s;
+    }
+  };
+  for (const char* c = text; *c != '\0'; ++c) {
+    const char one[2] = {*c, '\0'};
+    const auto u = static_cast<unsigned char>(*c);
+    if (u < 0x20 && *c != '\n') continue;
+    if (attribute && *c == '&') put("&amp;");
+    else if (attribute && *c == '<') put("&lt;");
+    else if (attribute && *c == '>') put("&gt;");
+    else if (attribute && *c == '"') put("&quot;");
+    else if (attribute && *c == '\n') put("&#x0A;");
+    else if (!attribute && *c == ']') put("] ");  // never "]]>" inside CDATA
+    else put(one);
+  }
+  const ssize_t ignored = ::write(fd, buf, len);
+  (void)ignored;
 }
 
 std::int64_t now_ms() {
@@ -94,11 +141,14 @@ std::string close_case(const std::string& body) {
 
 Report::Report(std::string path, bool writer, int rank, int world_size)
     : path_(std::move(path)), writer_(writer) {
+  if (writer_ && enabled()) g_sealed = &sealed_;
   if (world_size > 1) {
     own_tag_ = "[rank " + std::to_string(rank) + " of " + std::to_string(world_size) + "] ";
   }
   start_ms_ = now_ms();
   now_start_ms_ = start_ms_;
+  std::lock_guard<std::mutex> lock(mu_);
+  prepare_signal_template();  // a crash at start-up is reported too
 }
 
 std::string Report::path_from_gtest_flag() {
@@ -145,6 +195,7 @@ void Report::begin(const std::string& suite, const std::string& name, const std:
                    int line, const std::string& display) {
   std::lock_guard<std::mutex> lock(mu_);
   now_display_ = display;
+  prepare_signal_template();
   now_suite_ = suite;
   now_name_ = name;
   now_file_ = file;
@@ -279,11 +330,7 @@ void Report::write() {
   write_locked(render("", nullptr));
 }
 
-void Report::write_fault(const std::string& cause) {
-  if (!enabled()) return;
-  std::lock_guard<std::mutex> lock(mu_);
-  if (sealed_) return;
-  sealed_ = true;
+Report::Case Report::fault_case(const std::string& cause) const {
   Case c;
   c.failed = true;
   c.time_ms = now_start_ms_ > 0 ? now_ms() - now_start_ms_ : 0;
@@ -296,7 +343,55 @@ void Report::write_fault(const std::string& cause) {
            attr("timestamp", iso8601(now_start_ms_ > 0 ? now_start_ms_ : start_ms_)) +
            attr("classname", now_suite_) + ">\n      <failure" + attr("message", summary) +
            attr("type", "") + ">" + cdata(summary) + "</failure>\n    </testcase>\n";
+  return c;
+}
+
+void Report::write_fault(const std::string& cause) {
+  if (!enabled()) return;
+  std::lock_guard<std::mutex> lock(mu_);
+  if (sealed_.exchange(true)) return;
+  const Case c = fault_case(cause);
   write_locked(render(now_suite_, &c));
+}
+
+void Report::prepare_signal_template() {
+  if (!writer_ || !enabled() || template_off_) return;
+  const Case c = fault_case(kCauseMark);
+  const std::string text = render(now_suite_, &c);
+  if (text.size() > kTemplateLimit) {
+    // Rendering it at every test start would cost more than it is worth: from here on a crash
+    // of this rank is reported by the survivors only (at world size 1: not at all).
+    template_off_ = true;
+    g_template.store(nullptr);
+    return;
+  }
+  const std::string mark = kCauseMark;
+  const auto first = text.find(mark);
+  const auto second = text.find(mark, first + mark.size());
+  if (first == std::string::npos || second == std::string::npos) return;
+  auto t = std::make_unique<Template>();
+  t->path = path_;
+  t->tmp = path_ + ".tmp." + std::to_string(getpid()) + ".signal";
+  t->head = text.substr(0, first);
+  t->mid = text.substr(first + mark.size(), second - first - mark.size());
+  t->tail = text.substr(second + mark.size());
+  g_template.store(t.get());
+  templates_.push_back(std::move(t));
+  // A handler on another thread may still read the one before: keep two.
+  while (templates_.size() > 2) templates_.pop_front();
+}
+
+void Report::write_fault_from_signal_handler(const char* cause) {
+  const auto* t = static_cast<const Template*>(g_template.load());
+  if (t == nullptr || g_sealed == nullptr || g_sealed->exchange(true)) return;
+  const int fd = ::open(t->tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return;
+  write_str(fd, t->head);
+  write_escaped(fd, cause, true);
+  write_str(fd, t->mid);
+  write_escaped(fd, cause, false);
+  write_str(fd, t->tail);
+  if (::close(fd) == 0) ::rename(t->tmp.c_str(), t->path.c_str());
 }
 
 }  // namespace c10dtest::detail

@@ -13,7 +13,10 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cstdint>
+#include <deque>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -56,6 +59,11 @@ class Report {
   // Writes whatever this process is (the caller decides who reports); later writes are ignored.
   void write_fault(const std::string& cause);
 
+  // Async-signal-safe, for a fatal signal on the writer (rank 0, or world size 1): completes the
+  // file as write_fault() would, from a copy prepared at the latest begin(), with `cause` (plain
+  // text: a signal name and a test name). Does nothing after write_fault().
+  static void write_fault_from_signal_handler(const char* cause);
+
   // XML-escaped text for an attribute value; characters XML cannot hold are dropped.
   static std::string escape_attribute(const std::string& s);
 
@@ -76,6 +84,22 @@ class Report {
   // The whole document; `extra` (a fault's test case) is added to suite `extra_suite`.
   std::string render(const std::string& extra_suite, const Case* extra) const;
   void write_locked(const std::string& text);
+  // The fault case for the work in progress (its message is "c10dtest: the run ended here\n" +
+  // cause).
+  Case fault_case(const std::string& cause) const;
+  // The writer's file as a fault now would leave it, split around the cause (its escaped copy in
+  // the message attribute and its copy in the CDATA), for the signal handler.
+  void prepare_signal_template();
+  struct Template {
+    std::string path;
+    std::string tmp;
+    std::string head;  // ... message="c10dtest: the run ended here&#x0A;
+    std::string mid;   // " type=""><![CDATA[c10dtest: the run ended here\n
+    std::string tail;  // ]]></failure> ... </testsuites>
+  };
+  std::deque<std::unique_ptr<Template>> templates_;  // the newest is published
+  static constexpr std::size_t kTemplateLimit = 1 << 20;
+  bool template_off_ = false;
 
   std::string path_;
   bool writer_;
@@ -84,7 +108,7 @@ class Report {
   std::vector<Suite> suites_;
   std::int64_t start_ms_ = 0;
   int random_seed_ = 0;
-  bool sealed_ = false;  // a fault's report is written: nothing may overwrite it
+  std::atomic<bool> sealed_{false};  // a fault's report is written: nothing may overwrite it
   bool warned_ = false;
   std::string now_suite_ = "c10dtest";
   std::string now_name_ = "start-up";

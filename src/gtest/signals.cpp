@@ -17,6 +17,7 @@
 
 #include "internal.hpp"
 #include "lifeline.hpp"
+#include "report.hpp"
 
 namespace c10dtest::detail {
 
@@ -28,8 +29,10 @@ constexpr std::size_t kAltStackSize = 64 * 1024;
 
 // Texts the fatal-signal handler reads while another thread may replace them: each is written
 // once, published through an atomic pointer and never freed (one per test; gtest keeps as much).
-std::atomic<const char*> g_activity{""};
+std::atomic<const char*> g_activity{"during start-up"};
 std::atomic<const char*> g_prefix{"c10dtest: "};
+std::atomic<const char*> g_rank_text{"this rank"};
+std::atomic<pid_t> g_rank_pid{0};
 
 const char* keep(const std::string& text) {
   static std::mutex mu;
@@ -98,16 +101,34 @@ void on_fatal(int sig, siginfo_t* info, void* context) {
   append(line, sizeof(line), &len, "\n");
   const ssize_t ignored = write(STDERR_FILENO, line, len);
   (void)ignored;
+  if (in_rank_process()) {
+    // The report's writer (rank 0) completes the report itself: at start-up, or at world size 1,
+    // no other rank may be there to do it.
+    char cause[800];
+    std::size_t clen = 0;
+    append(cause, sizeof(cause), &clen, "[  DEAD    ] ");
+    append(cause, sizeof(cause), &clen, g_rank_text.load());
+    append(cause, sizeof(cause), &clen, " crashed: ");
+    append(cause, sizeof(cause), &clen, what);
+    append(cause, sizeof(cause), &clen, "\n");
+    cause[clen] = '\0';
+    Report::write_fault_from_signal_handler(cause);
+  }
   void* frames[kMaxFrames];
   const int n = backtrace(frames, kMaxFrames);
   backtrace_symbols_fd(frames, n, STDERR_FILENO);
   chain(sig, info, context);
   // With core dumps enabled, die of the signal so that the kernel writes one; otherwise exit
-  // with c10dtest's code, which the launcher then reports instead of 128 + signal.
+  // with c10dtest's code, which the launcher then reports instead of 128 + signal. Outside a
+  // rank (before the world starts, a death test's child) the signal stays what it was.
   rlimit core{};
-  if (getrlimit(RLIMIT_CORE, &core) == 0 && core.rlim_cur != 0) {
+  if (!in_rank_process() ||
+      (getrlimit(RLIMIT_CORE, &core) == 0 && core.rlim_cur != 0)) {
+    // The signal is blocked while its handler runs: it is delivered, with the default action,
+    // when the handler returns (a fault re-executes the faulting instruction, with the same end).
     signal(sig, SIG_DFL);
     raise(sig);
+    return;
   }
   _exit(kExitRankDied);
 }
@@ -166,7 +187,7 @@ std::string demangle_line(const char* line) {
 }  // namespace
 
 void install_fatal_signal_handlers(int rank, int world_size) {
-  set_signal_rank(rank, world_size);
+  if (rank >= 0 && world_size > 0) set_signal_rank(rank, world_size);
   // backtrace() loads libgcc on first use; do it now, not inside a signal handler.
   void* warm[2];
   backtrace(warm, 2);
@@ -191,9 +212,14 @@ void install_fatal_signal_handlers(int rank, int world_size) {
   sigaction(stack_signal(), &st, nullptr);
 }
 
+void mark_rank_process(bool rank) { g_rank_pid.store(rank ? getpid() : 0); }
+
+bool in_rank_process() { return g_rank_pid.load() == getpid(); }
+
 void set_signal_rank(int rank, int world_size) {
-  g_prefix.store(keep("c10dtest: rank " + std::to_string(rank) + " of " +
-                      std::to_string(world_size) + ": "));
+  const std::string who = "rank " + std::to_string(rank) + " of " + std::to_string(world_size);
+  g_rank_text.store(keep(who));
+  g_prefix.store(keep("c10dtest: " + who + ": "));
 }
 
 void prepare_thread_for_signals() {

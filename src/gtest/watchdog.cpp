@@ -16,8 +16,9 @@ constexpr std::chrono::milliseconds kReportGrace{5000};
 // How long other ranks wait for rank 0's verdict before ending on their own.
 constexpr std::chrono::milliseconds kAbortGrace{15000};
 // Beyond the heartbeat timeout, how long a round of the watchdog's store calls may take before
-// the store counts as gone (a round may capture the main thread's stack: up to 2 s).
-constexpr std::chrono::milliseconds kStoreGrace{3000};
+// the store counts as gone; more while the round captures the main thread's stack (up to 2 s).
+constexpr std::chrono::milliseconds kStoreGrace{1000};
+constexpr std::chrono::milliseconds kCaptureGrace{3000};
 // A loop round that came this much later than asked means this process did not run (SIGSTOP,
 // a debugger, a starved machine): what it saw of the others is stale, not their fault.
 constexpr std::chrono::milliseconds kPauseGap{1000};
@@ -130,7 +131,6 @@ void Watchdog::forgive_silence(Clock::time_point now) {
 }
 
 void Watchdog::guard_loop() {
-  const auto limit = options_.heartbeat_timeout + kStoreGrace;
   auto last_round = Clock::now();
   while (!guard_stop_) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
@@ -142,6 +142,7 @@ void Watchdog::guard_loop() {
     last_round = now;
     const auto silent = std::chrono::duration_cast<std::chrono::milliseconds>(
         now - Clock::time_point(Clock::duration(last_answer_.load())));
+    const auto limit = options_.heartbeat_timeout + (capturing_ ? kCaptureGrace : kStoreGrace);
     if (silent <= limit || guard_stop_) continue;
     lifeline_.rank_zero_lost("had no answer from rank 0's store for " +
                              std::to_string(silent.count()) + " ms");
@@ -189,7 +190,9 @@ void Watchdog::on_deadline() {
   }
   const int rank = cp_->rank();
   const int size = cp_->world_size();
+  capturing_ = true;
   const std::string stack = posted ? "" : capture_main_stack(std::chrono::milliseconds(2000));
+  capturing_ = false;
   cp_->set(key + "/expired/" + std::to_string(rank), posted ? "W" : "S" + stack);
   if (rank != 0) return;
 

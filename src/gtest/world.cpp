@@ -108,9 +108,11 @@ void World::start() {
     throw ConfigError("--c10dtest_backend=nccl with --c10dtest_device=cpu: NCCL only serves CUDA "
                       "tensors (use gloo for CPU tensors)");
   }
-  control_ = ControlPlane::connect(launch_, options_.rendezvous_timeout,
-                                   options_.heartbeat_timeout);
-  lifeline_->connect(*control_, options_.rendezvous_timeout);
+  // The lifeline comes up before the start barrier: a rank that dies while the others arrive is
+  // named at once.
+  control_ = ControlPlane::connect(
+      launch_, options_.rendezvous_timeout, options_.heartbeat_timeout,
+      [this](ControlPlane& cp) { lifeline_->connect(cp, options_.rendezvous_timeout); });
   watchdog_ = std::make_unique<detail::Watchdog>(control_->another_client(), options_, *lifeline_);
   watchdog_->start();
   choose_device();

@@ -135,6 +135,14 @@ TEST_F(Dies, VictimDies) {
 
 TEST_F(Dies, NeverRuns) { ADD_FAILURE() << "ran after a rank died"; }
 
+// A gtest death test forks a child that inherits the rank's handlers and its connection to rank
+// 0: the child's crash must stay the child's (killed by its signal), not end the run.
+TEST(DeathInChild, CrashInsideADeathTestStaysInTheChild) {
+  GTEST_FLAG_SET(death_test_style, "fast");
+  EXPECT_EXIT(std::raise(SIGSEGV), ::testing::KilledBySignal(SIGSEGV), "");
+  EXPECT_EXIT(std::raise(SIGTERM), ::testing::KilledBySignal(SIGTERM), "");
+}
+
 class Skips : public c10dtest::DistributedTest {};
 
 TEST_F(Skips, NeedsSixtyFourRanks) {

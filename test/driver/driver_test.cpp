@@ -17,6 +17,7 @@
 #include <regex>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #ifndef C10DTEST_CHILD_SUITE
@@ -344,6 +345,13 @@ TEST_P(ChildSuite, ReportSurvivesEveryDeathAndBlamesTheRightRank) {
   fs::remove_all(dir);
 }
 
+TEST_P(ChildSuite, CrashInAGtestDeathTestStaysInItsChild) {
+  const Outcome o = run_child(2, "--gtest_filter=DeathInChild.*");
+  EXPECT_EQ(o.exit_code, 0) << o.output;
+  EXPECT_NE(o.output.find("[  PASSED  ] 1 test."), std::string::npos) << o.output;
+  EXPECT_TRUE(blamed(o.output).empty()) << o.output;
+}
+
 // Rank 2 stops mid-test; rank 0 names it after the heartbeat timeout and ends the run. Under
 // mpirun the launcher then resumes it: it obeys rank 0's verdict and blames nobody (it must not
 // take its own stop for rank 0's silence).
@@ -612,6 +620,9 @@ TEST(TorchrunStyle, RankStoppedAtStartIsNamedWithinTheHeartbeatTimeout) {
     if (content.find("C10DTEST_DRIVER_TAG=" + tag) != std::string::npos) {
       kill(std::stoi(name), SIGKILL);
     }
+  }
+  for (int i = 0; i < 50 && processes_tagged(tag) != 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   EXPECT_EQ(processes_tagged(tag), 0);
   fs::remove_all(dir);
