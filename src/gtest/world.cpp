@@ -275,9 +275,11 @@ int World::stop(int exit_code) {
                                               options_.rendezvous_timeout)) {
       code = std::max(code, detail::parse_exit_code(c));
     }
+    // Heartbeats and the lifeline watch until every rank is here: a rank stopped or killed at
+    // the very end is named like one in a test (not found by the rendezvous timeout).
+    control_->barrier("end", options_.rendezvous_timeout);
     lifeline_->say_bye();
     watchdog_->stop();
-    control_->barrier("end", options_.rendezvous_timeout);
     together = control_->leave("end", options_.rendezvous_timeout);
   } catch (const std::exception& e) {
     // A rank that died at the end is named by the lifeline: let it speak first.

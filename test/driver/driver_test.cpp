@@ -311,8 +311,12 @@ TEST_P(ChildSuite, ReportSurvivesEveryDeathAndBlamesTheRightRank) {
                                 "--gtest_color=no --gtest_filter=Dies.* --c10dtest_timeout=120 "
                                 "--gtest_output=xml:" + (dir / "r.xml").string(),
                                 tag_));
-    const bool launcher_code = GetParam() == Launch::kMpirun && sig == "KILL";
-    EXPECT_EQ(o.exit_code, launcher_code ? 128 + 9 : kExitRankDied) << o.output;
+    if (GetParam() == Launch::kMpirun && sig == "KILL") {
+      // The launcher's choice: Open MPI 4 reports the first process's signal (128 + 9).
+      EXPECT_TRUE(o.exit_code == 128 + 9 || o.exit_code == kExitRankDied) << o.output;
+    } else {
+      EXPECT_EQ(o.exit_code, kExitRankDied) << o.output;
+    }
     EXPECT_LT(o.seconds, 30) << o.output;
     const std::string who = "rank " + std::to_string(rank) + " of 4";
     if (sig == "TERM" && rank == 0) {
