@@ -29,8 +29,9 @@ rm -rf "$logs"
 mkdir -p "$logs"
 # Crash handlers stay c10dtest's (the tests plant SIGSEGV and SIGABRT on purpose); LibTorch's
 # static objects are never freed, so leak checking says nothing about c10dtest.
-export TSAN_OPTIONS="log_path=$logs/tsan:halt_on_error=0:second_deadlock_stack=1:report_signal_unsafe=0"
-export ASAN_OPTIONS="log_path=$logs/asan:detect_leaks=0:handle_segv=0:handle_abort=0:handle_sigbus=0:handle_sigfpe=0:handle_sigill=0"
+signals="handle_segv=0:handle_abort=0:handle_sigbus=0:handle_sigfpe=0:handle_sigill=0"
+export TSAN_OPTIONS="log_path=$logs/tsan:halt_on_error=0:second_deadlock_stack=1:report_signal_unsafe=0:suppressions=$PWD/scripts/tsan.supp:$signals"
+export ASAN_OPTIONS="log_path=$logs/asan:detect_leaks=0:$signals"
 export UBSAN_OPTIONS="log_path=$logs/ubsan:print_stacktrace=1"
 status=0
 "$build/test/driver_test" --gtest_filter="$filter" --gtest_color=no || status=$?

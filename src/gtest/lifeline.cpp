@@ -43,6 +43,10 @@ constexpr milliseconds kExplainWait{500};
 // The thread wakes at least this often; a much longer gap means the process was stopped.
 constexpr milliseconds kWake{100};
 constexpr milliseconds kPauseGap{1000};
+// Rank 0 writes a line to every rank this often; a rank that hears nothing for the heartbeat
+// timeout plus the grace reports rank 0 as stopped.
+constexpr milliseconds kPing{500};
+constexpr milliseconds kPingGrace{1000};
 
 std::atomic<Lifeline*> g_lifeline{nullptr};
 int g_sig_write = -1;
@@ -89,6 +93,10 @@ std::string rank_of(int rank, int size) {
 
 }  // namespace
 
+// The note a crashing rank leaves beside the rendezvous file (see supervisor_note()).
+char g_note_path[4096] = {0};
+char g_note_tmp[4200] = {0};
+
 int parse_exit_code(const std::string& text) {
   if (text.empty() || text.size() > 3 || text.find_first_not_of("0123456789") != std::string::npos) {
     return kExitRankDied;
@@ -99,6 +107,14 @@ int parse_exit_code(const std::string& text) {
 
 Lifeline& Lifeline::start(const LaunchInfo& launch, Report& report,
                           std::chrono::milliseconds heartbeat_timeout) {
+  if (launch.rendezvous == RendezvousKind::kFile) {
+    const std::string note = launch.rendezvous_file + ".ended";
+    const std::string tmp = note + ".crash." + std::to_string(launch.rank);
+    if (tmp.size() < sizeof(g_note_tmp)) {
+      std::strcpy(g_note_path, note.c_str());
+      std::strcpy(g_note_tmp, tmp.c_str());
+    }
+  }
   auto* l = new Lifeline(launch, report, heartbeat_timeout);  // lives until the process ends
   g_lifeline.store(l);
   struct sigaction sa {};
@@ -127,6 +143,7 @@ Lifeline::Lifeline(const LaunchInfo& launch, Report& report, milliseconds heartb
   for (std::size_t i = 0; i < n; ++i) g_fds[i].store(-1);
   g_fd_count.store(static_cast<int>(n));
   last_wake_ = Clock::now();
+  last_heard_ = last_wake_;
   thread_ = std::thread([this] {
     detail::prepare_thread_for_signals();
     loop();
@@ -151,8 +168,23 @@ void Lifeline::on_termination_signal(int sig) {
   errno = saved;
 }
 
-void Lifeline::announce_crash(const char* what) {
+void Lifeline::announce_crash(const char* what, const char* rank_text) {
   if (!owns_this_process()) return;
+  if (g_note_path[0] != '\0' && rank_text[0] != '\0') {
+    // "<rank> crashed: <what>" for whoever ends the run, should the connections not be up yet.
+    const int fd = ::open(g_note_tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd >= 0) {
+      const char* number = rank_text + 5;  // "rank R of W"
+      std::size_t n = 0;
+      while (number[n] >= '0' && number[n] <= '9') ++n;
+      const ssize_t a = ::write(fd, number, n);
+      const ssize_t b = ::write(fd, " crashed: ", 10);
+      const ssize_t c = ::write(fd, what, std::strlen(what));
+      const ssize_t d = ::write(fd, "\n", 1);
+      (void)a; (void)b; (void)c; (void)d;
+      if (::close(fd) == 0) ::rename(g_note_tmp, g_note_path);
+    }
+  }
   char line[600];
   std::size_t len = 0;
   line[len++] = 'C';
@@ -169,30 +201,34 @@ void Lifeline::connect(ControlPlane& cp, milliseconds timeout) {
   if (launch_.world_size == 1) return;
   const bool one_host = launch_.local_world_size == launch_.world_size;
   if (launch_.rank == 0) {
-    listen_fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     sockaddr_in addr{};
     addr.sin_family = AF_INET;
     // One host: loopback only. Several: every interface, like the TCPStore (see control_plane.hpp).
     addr.sin_addr.s_addr = htonl(one_host ? INADDR_LOOPBACK : INADDR_ANY);
     socklen_t len = sizeof(addr);
-    if (listen_fd_ < 0 || bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), len) != 0 ||
-        listen(listen_fd_, 1024) != 0 ||
-        getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+    if (fd < 0 || bind(fd, reinterpret_cast<sockaddr*>(&addr), len) != 0 ||
+        listen(fd, 1024) != 0 ||
+        getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
       throw RendezvousError(std::string("cannot open the lifeline's listening socket: ") +
                             std::strerror(errno));
     }
-    set_nonblocking(listen_fd_);
+    set_nonblocking(fd);
     std::random_device rd;
     std::ostringstream token;
     token << std::hex << rd() << rd() << rd() << rd();
-    token_ = token.str();
+    {
+      std::lock_guard<std::mutex> lock(mu_);  // the thread reads both from now on
+      token_ = token.str();
+      listen_fd_ = fd;
+    }
     std::string host = one_host ? "127.0.0.1" : launch_.master_addr;
     if (host.empty()) {
       char name[256] = {0};
       gethostname(name, sizeof(name) - 1);
       host = name;
     }
-    cp.set("lifeline", host + " " + std::to_string(ntohs(addr.sin_port)) + " " + token_);
+    cp.set("lifeline", host + " " + std::to_string(ntohs(addr.sin_port)) + " " + token.str());
     const char wake = 0;  // the thread starts watching the listening socket
     const ssize_t ignored = write(g_sig_write, &wake, 1);
     (void)ignored;
@@ -310,7 +346,10 @@ void Lifeline::loop() {
     const int n = poll(fds.data(), fds.size(), static_cast<int>(wait.count()));
     const auto now = Clock::now();
     const auto gap = std::chrono::duration_cast<milliseconds>(now - last_wake_);
-    if (gap > kPauseGap + wait) longest_pause_ = std::max(longest_pause_, gap);
+    if (gap > kPauseGap + wait) {
+      longest_pause_ = std::max(longest_pause_, gap);
+      last_heard_ = now;  // this process was stopped: rank 0's silence meanwhile proves nothing
+    }
     last_wake_ = now;
     if (n < 0 && errno != EINTR) break;
     // Pending connections first (their indexes shift as they join), in reverse order.
@@ -334,7 +373,43 @@ void Lifeline::loop() {
     }
     if (g_claimed.load()) continue;  // another thread ends the run; keep reading acks
     if (settle_until_ != Clock::time_point::max() && Clock::now() >= settle_until_) decide();
+    keep_in_touch();
   }
+}
+
+void Lifeline::keep_in_touch() {
+  const auto now = Clock::now();
+  if (launch_.rank == 0) {
+    // Rank 0 says it is alive: the others find it stopped even while they wait in a store call
+    // that will never return (at start-up, before the watchdog's guard exists).
+    if (now - last_ping_ < kPing) return;
+    last_ping_ = now;
+    std::lock_guard<std::mutex> lock(mu_);
+    for (int r = 1; r < launch_.world_size; ++r) {
+      const Peer& p = peers_[static_cast<std::size_t>(r)];
+      if (p.joined && !p.closed) send_line(p.fd, "P\n");
+    }
+    return;
+  }
+  bool watching = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    watching = peers_[0].joined && !peers_[0].closed;
+  }
+  if (!watching) {
+    last_heard_ = now;
+    return;
+  }
+  const auto silent = std::chrono::duration_cast<milliseconds>(now - last_heard_);
+  if (silent <= heartbeat_ + kPingGrace) return;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    send_line(peers_[0].fd, "Lheard nothing from rank 0 for " + std::to_string(silent.count()) +
+                                " ms\n");
+  }
+  report_rank_zero("stopped answering: " + rank_of(launch_.rank, launch_.world_size) +
+                   " heard nothing from it for " + std::to_string(silent.count()) +
+                   " ms during " + in_progress());
 }
 
 void Lifeline::accept_one() {
@@ -402,6 +477,7 @@ void Lifeline::read_peer(int rank) {
       p.buf.erase(0, nl + 1);
     }
   }
+  if (rank == 0 && launch_.rank != 0) last_heard_ = Clock::now();
   for (const auto& line : lines) on_line(rank, line);
   if (closed) on_closed(rank);
 }
@@ -428,7 +504,11 @@ void Lifeline::on_line(int rank, const std::string& line) {
         p.kind = line[0];
         p.text = text;
       }
-      if (!g_claimed.load()) settle_until_ = std::min(settle_until_, Clock::now() + kSettle);
+      // A SIGTERM alone waits longer: rank 0's own SIGTERM would show a launcher ending all.
+      if (!g_claimed.load()) {
+        settle_until_ =
+            std::min(settle_until_, Clock::now() + (line[0] == 'C' ? kSettle : kOwnSignalSettle));
+      }
       break;
     case 'E': {
       // Rank 0's verdict.
@@ -460,10 +540,10 @@ void Lifeline::on_closed(int rank) {
 }
 
 std::string Lifeline::supervisor_note(int* rank) const {
-  // The self-spawn supervisor writes what it saw before it ends the others.
-  const char* dir = std::getenv("C10DTEST_RDZV_DIR");
-  if (dir == nullptr || launch_.launcher != Launcher::kSelfSpawnChild) return "";
-  std::ifstream in(std::string(dir) + "/ended");
+  // On one host, beside the rendezvous file: what the self-spawn supervisor saw before it ended
+  // the others, or what a rank that crashed before it could tell anyone wrote from its handler.
+  if (launch_.rendezvous != RendezvousKind::kFile) return "";
+  std::ifstream in(launch_.rendezvous_file + ".ended");
   std::string text;
   if (!(in >> *rank) || !std::getline(in >> std::ws, text)) return "";
   return text;
@@ -493,7 +573,10 @@ void Lifeline::decide() {
   const std::string during = " during " + in_progress();
   int noted = -1;
   const std::string note = supervisor_note(&noted);
-  if (culprit < 0 && !lost.empty()) {
+  // A terminated rank is the cause only if this rank was not terminated too: a launcher ending
+  // the whole job (after a death it saw and c10dtest did not) sends everybody SIGTERM.
+  if (best == 2 && own_signal_ != 0) culprit = -1;
+  if (!lost.empty()) {
     // The others left because this rank did not answer: it was stopped or starved.
     const Peer& p = peers_[static_cast<std::size_t>(lost.front())];
     std::ostringstream os;
@@ -555,6 +638,10 @@ void Lifeline::on_own_signal(int sig) {
     pollfd pfd{fd, POLLIN, 0};
     if (poll(&pfd, 1, 20) > 0) read_peer(0);
   }
+  // Not connected to rank 0 yet (start-up): the self-spawn supervisor may know it died.
+  int noted = -1;
+  const std::string note = supervisor_note(&noted);
+  if (noted == 0 && !note.empty()) report_rank_zero(note + " during " + in_progress());
   leave(kExitRankDied, "c10dtest: " + rank_of(launch_.rank, launch_.world_size) + ": received " +
                            signal_text(sig) + " during " + in_progress() + "; ending this rank");
 }

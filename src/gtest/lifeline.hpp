@@ -11,6 +11,7 @@
 //   B                 orderly goodbye: the connection closing later is no death
 //   E<code> <text>    rank 0's verdict: end with exit code <code> (0 -> rank)
 //   A                 the verdict was read (rank -> 0)
+//   P                 rank 0 is alive (every 500 ms, 0 -> rank)
 //
 // One thread per process reads them, and also the termination signals (through a self-pipe):
 // a launcher ends the survivors with SIGTERM within a second of a crash (mpirun: SIGKILL one
@@ -80,7 +81,8 @@ class Lifeline {
   // neither.
   static bool owns_this_process();
   // Async-signal-safe: tells the peers this process is dying of `what`.
-  static void announce_crash(const char* what);
+  // `rank_text` is "rank R of W" ("" when unknown).
+  static void announce_crash(const char* what, const char* rank_text);
   // Async-signal-safe: the handler of SIGTERM, SIGINT and SIGHUP (installed by start()).
   static void on_termination_signal(int sig);
 
@@ -136,7 +138,11 @@ class Lifeline {
   std::mutex mu_;  // peers_ and pending_ between the thread and the callers
   std::chrono::steady_clock::time_point settle_until_ = std::chrono::steady_clock::time_point::max();
   int own_signal_ = 0;
+  // Rank 0 pings every rank; the others report it when it falls silent.
+  void keep_in_touch();
   std::chrono::steady_clock::time_point last_wake_{};
+  std::chrono::steady_clock::time_point last_ping_{};
+  std::chrono::steady_clock::time_point last_heard_{};  // ranks > 0: data from rank 0
   std::chrono::milliseconds longest_pause_{0};
 };
 

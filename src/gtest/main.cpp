@@ -144,6 +144,11 @@ int init(int* argc, char** argv) {
   } catch (const std::exception& e) {
     std::fprintf(stderr, "c10dtest: %s\n", e.what());
     std::fflush(stderr);
+    // A start-up that failed because a rank died or stopped is reported by the lifeline: let it
+    // name the rank before this error is taken for the cause.
+    if (detail::Lifeline* lifeline = detail::Lifeline::get()) {
+      lifeline->await_explanation(std::chrono::milliseconds(500));
+    }
     if (report != nullptr && report->writer()) {
       report->write_fault(std::string("c10dtest: ") + e.what());
     }

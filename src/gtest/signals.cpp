@@ -92,7 +92,7 @@ void on_fatal(int sig, siginfo_t* info, void* context) {
   append(what, sizeof(what), &wlen, g_activity.load());
   what[wlen] = '\0';
   // The peers first: the launcher may end this process any moment now.
-  Lifeline::announce_crash(what);
+  Lifeline::announce_crash(what, g_rank_pid.load() != 0 ? g_rank_text.load() : "");
   char line[1024];
   std::size_t len = 0;
   append(line, sizeof(line), &len, "\n");

@@ -53,13 +53,14 @@ std::string describe_status(int status) {
 }
 
 // Tells the surviving ranks what the supervisor saw, before it ends them: "<rank> <text>" in
-// DIR/ended (rank 0 reports it, or the others when rank 0 is the one that died).
+// DIR/port.ended, beside the rendezvous file (rank 0 reports it, or the others when rank 0 is the
+// one that died).
 void leave_note(const std::string& dir, int rank, const std::string& text) {
-  const std::string tmp = dir + "/ended.tmp";
+  const std::string tmp = dir + "/port.ended.tmp";
   FILE* f = std::fopen(tmp.c_str(), "w");
   if (f == nullptr) return;
   std::fprintf(f, "%d %s\n", rank, text.c_str());
-  if (std::fclose(f) == 0) std::rename(tmp.c_str(), (dir + "/ended").c_str());
+  if (std::fclose(f) == 0) std::rename(tmp.c_str(), (dir + "/port.ended").c_str());
 }
 
 }  // namespace
@@ -144,7 +145,8 @@ int spawn_and_supervise(const std::vector<std::string>& args, int world_size) {
             hard_kill_at = Clock::now() + kTermGrace;
           } else if (kill_at == Clock::time_point::max()) {
             const int code = WEXITSTATUS(status);
-            const bool ended = code == kExitTimeout || code == kExitRankDied;
+            const bool ended =
+                code == kExitConfigError || code == kExitTimeout || code == kExitRankDied;
             kill_at = Clock::now() + (ended ? kEndedGrace : kExitGrace);
             // c10dtest's own codes say what happened; any other comes from the code under test.
             if (code > kExitRankDied) leave_note(dir, r, describe_status(status));
@@ -170,7 +172,10 @@ int spawn_and_supervise(const std::vector<std::string>& args, int world_size) {
                        "ending them\n",
                        r, world_size, static_cast<int>(rk.pid),
                        describe_status(rk.status).c_str());
-          leave_note(dir, r, describe_status(rk.status) + " while the other ranks kept running");
+          // 3 and 4 say that the rank ended itself because of another's fault: no culprit.
+          if (WEXITSTATUS(rk.status) > kExitRankDied) {
+            leave_note(dir, r, describe_status(rk.status) + " while the other ranks kept running");
+          }
           break;
         }
       }
