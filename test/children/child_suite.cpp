@@ -7,6 +7,8 @@
 
 #include <chrono>
 #include <csignal>
+#include <fstream>
+#include <iterator>
 #include <cstdlib>
 #include <string>
 #include <stdexcept>
@@ -141,6 +143,23 @@ TEST(DeathInChild, CrashInsideADeathTestStaysInTheChild) {
   GTEST_FLAG_SET(death_test_style, "fast");
   EXPECT_EXIT(std::raise(SIGSEGV), ::testing::KilledBySignal(SIGSEGV), "");
   EXPECT_EXIT(std::raise(SIGTERM), ::testing::KilledBySignal(SIGTERM), "");
+}
+
+// The report holds every finished test while the run goes on (run with --gtest_output=xml:FILE).
+class ReportSoFar : public c10dtest::DistributedTest {};
+
+TEST_F(ReportSoFar, FirstPasses) { barrier(); }
+
+TEST_F(ReportSoFar, TheFileAlreadyHoldsTheFirst) {
+  const std::string flag = GTEST_FLAG_GET(output);
+  ASSERT_EQ(flag.rfind("xml:", 0), 0u) << "run with --gtest_output=xml:FILE";
+  if (rank() == 0) {
+    std::ifstream in(flag.substr(4));
+    const std::string xml((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    EXPECT_NE(xml.find("<testcase name=\"FirstPasses\""), std::string::npos) << xml;
+    EXPECT_EQ(xml.find("TheFileAlreadyHoldsTheFirst"), std::string::npos) << xml;
+  }
+  barrier();
 }
 
 class Skips : public c10dtest::DistributedTest {};

@@ -353,6 +353,16 @@ TEST_P(ChildSuite, ReportSurvivesEveryDeathAndBlamesTheRightRank) {
   fs::remove_all(dir);
 }
 
+TEST_P(ChildSuite, ReportHoldsEveryFinishedTestWhileTheRunGoesOn) {
+  const fs::path dir = fs::temp_directory_path() / ("c10dtest-xml-sofar-" + tag_);
+  fs::create_directories(dir);
+  const Outcome o = run_child(2, "--gtest_filter=ReportSoFar.* --gtest_output=xml:" +
+                                     (dir / "r.xml").string());
+  EXPECT_EQ(o.exit_code, 0) << o.output;
+  EXPECT_NE(o.output.find("[  PASSED  ] 2 tests."), std::string::npos) << o.output;
+  fs::remove_all(dir);
+}
+
 TEST_P(ChildSuite, CrashInAGtestDeathTestStaysInItsChild) {
   const Outcome o = run_child(2, "--gtest_filter=DeathInChild.*");
   EXPECT_EQ(o.exit_code, 0) << o.output;
