@@ -96,19 +96,21 @@ bool python_parses_xml(const fs::path& file, std::string* why) {
   return o.exit_code == 0;
 }
 
-// Processes whose environment carries `tag` (the ranks of one driven run).
-int processes_tagged(const std::string& tag) {
-  int found = 0;
+// The pids of the processes whose environment carries `tag` (the ranks of one driven run).
+std::vector<pid_t> pids_tagged(const std::string& tag) {
+  std::vector<pid_t> found;
   const std::string needle = "C10DTEST_DRIVER_TAG=" + tag;
   for (const auto& entry : fs::directory_iterator("/proc")) {
     const std::string name = entry.path().filename();
     if (name.find_first_not_of("0123456789") != std::string::npos) continue;
     std::ifstream env(entry.path() / "environ", std::ios::binary);
     std::string content((std::istreambuf_iterator<char>(env)), std::istreambuf_iterator<char>());
-    if (content.find(needle) != std::string::npos) ++found;
+    if (content.find(needle) != std::string::npos) found.push_back(std::stoi(name));
   }
   return found;
 }
+
+int processes_tagged(const std::string& tag) { return static_cast<int>(pids_tagged(tag).size()); }
 
 int free_port() {
   const int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -629,16 +631,7 @@ TEST(TorchrunStyle, RankStoppedAtStartIsNamedWithinTheHeartbeatTimeout) {
   const std::string xml((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   EXPECT_NE(xml.find("rank 2 of 4 did not arrive at the start"), std::string::npos) << xml;
   // The stopped rank would wait forever: end it.
-  for (const auto& entry : fs::directory_iterator("/proc")) {
-    const std::string name = entry.path().filename();
-    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
-    std::ifstream env(entry.path() / "environ", std::ios::binary);
-    const std::string content((std::istreambuf_iterator<char>(env)),
-                              std::istreambuf_iterator<char>());
-    if (content.find("C10DTEST_DRIVER_TAG=" + tag) != std::string::npos) {
-      kill(std::stoi(name), SIGKILL);
-    }
-  }
+  for (pid_t pid : pids_tagged(tag)) kill(pid, SIGKILL);
   for (int i = 0; i < 50 && processes_tagged(tag) != 0; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
