@@ -224,7 +224,15 @@ void set_signal_rank(int rank, int world_size) {
 
 void prepare_thread_for_signals() {
   // Each thread needs its own alternate stack: a stack overflow cannot run a handler on the
-  // stack that overflowed. Freed never: the thread may be the one that crashes at exit.
+  // stack that overflowed. A thread that already has one keeps it: its owner (a sanitizer
+  // runtime, the user) frees it when the thread ends, and would free ours instead if we swapped
+  // it (AddressSanitizer munmaps whatever stack the thread has at exit). Ours is freed never:
+  // the thread may be the one that crashes at exit.
+  stack_t current{};
+  if (sigaltstack(nullptr, &current) == 0 && (current.ss_flags & SS_DISABLE) == 0 &&
+      current.ss_sp != nullptr) {
+    return;
+  }
   stack_t ss{};
   ss.ss_sp = std::malloc(kAltStackSize);
   if (ss.ss_sp == nullptr) return;
