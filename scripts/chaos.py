@@ -55,6 +55,10 @@ MPI_ENV = {
     "OMPI_MCA_btl_vader_single_copy_mechanism": "none",
 }
 SEGV_BIT = 1 << (signal.SIGSEGV - 1)
+# c10dtest's stack-request signal (SIGRTMIN + 4, src/gtest/signals.cpp), installed with its crash
+# handlers: a caught SIGSEGV alone does not say c10dtest is ready, since some libraries install
+# one while they load, before main (seen with Debian trixie's LibTorch 2.6).
+STACK_BIT = 1 << (signal.SIGRTMIN + 4 - 1)
 
 SETUP_LIMIT = 30.0   # seconds for the victim to appear and install its crash handlers
 RUN_LIMIT = 120.0    # seconds for a whole run
@@ -196,7 +200,8 @@ def handlers_installed(pid):
     if st is None:
         return None
     try:
-        return bool(int(st.get("SigCgt", "0"), 16) & SEGV_BIT)
+        caught = int(st.get("SigCgt", "0"), 16)
+        return bool(caught & SEGV_BIT) and bool(caught & STACK_BIT)
     except ValueError:
         return False
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks: on a machine with an NVIDIA GPU and a pip-installed torch 2.x (with CUDA),
 # configures c10dtest against that torch's LibTorch, builds it, and runs
-#   1. every CPU test (CTest, without the package checks and the chaos run) against LibTorch 2.x;
+#   1. every CPU test (CTest, without the package checks) against LibTorch 2.x;
 #   2. NCCL at world size 1: the device, scenario and verifier suites with --c10dtest_backend=nccl;
 #   3. Gloo with CUDA tensors at world size 4 on the GPU(s): --c10dtest_device=cuda under mpirun;
 #   4. NCCL at world size 2: with one GPU, a clean skip of every test naming the shared GPU (with
@@ -144,7 +144,7 @@ step() {
 }
 skip_step() { summary+=("$(printf '%-34s %-14s %s' "$1" SKIP "$2")"); say "$1: skipped ($2)"; }
 
-step cpu-ctest-libtorch2 900 ctest --test-dir "$build" -LE "package|chaos" -j "$(nproc)" --output-on-failure
+step cpu-ctest-libtorch2 900 ctest --test-dir "$build" -LE package -j "$(nproc)" --output-on-failure
 
 if [ "$gpus" -lt 1 ]; then
   for s in nccl-np1 gloo-cuda-np4 nccl-np2-one-gpu; do skip_step "$s" "no GPU visible"; done

@@ -33,6 +33,9 @@ void install_fatal_signal_handlers(int rank, int world_size);
 // death test's child, a --gtest_list_tests run). Async-signal-safe reads: a process forked from a
 // rank (a "fast" death test) is not one, whatever it inherited.
 void mark_rank_process(bool rank);
+// SIGTERM, SIGINT or SIGHUP that arrived between the crash handlers' installation and the
+// lifeline's (which then handles it as if it came now); 0 when none did. Clears it.
+int take_early_termination();
 bool in_rank_process();
 // The "c10dtest: rank R of W: " prefix of the handler's line.
 void set_signal_rank(int rank, int world_size);

@@ -111,6 +111,7 @@ Lifeline& Lifeline::start(const LaunchInfo& launch, Report& report,
   sa.sa_flags = SA_RESTART;
   sigemptyset(&sa.sa_mask);
   for (int sig : {SIGTERM, SIGINT, SIGHUP}) sigaction(sig, &sa, nullptr);
+  if (const int early = detail::take_early_termination()) on_termination_signal(early);
   return *l;
 }
 

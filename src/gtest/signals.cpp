@@ -43,6 +43,20 @@ const char* keep(const std::string& text) {
 }
 
 struct sigaction g_previous[sizeof(kFatalSignals) / sizeof(int)];
+std::atomic<int> g_early_termination{0};
+
+// Until the lifeline takes over (Lifeline::start), a termination signal is only noted: the
+// lifeline then reports it (the report names the interrupted start-up) instead of the process
+// dying of it unreported. Outside a rank process the signal keeps its default action.
+void on_early_termination(int sig) {
+  if (!in_rank_process()) {
+    signal(sig, SIG_DFL);
+    raise(sig);
+    return;
+  }
+  int none = 0;
+  g_early_termination.compare_exchange_strong(none, sig);
+}
 pthread_t g_main_thread;
 std::atomic<bool> g_main_registered{false};
 
@@ -203,6 +217,17 @@ void install_fatal_signal_handlers(int rank, int world_size) {
     for (std::size_t i = 0; i < sizeof(kFatalSignals) / sizeof(int); ++i) {
       sigaction(kFatalSignals[i], &sa, &g_previous[i]);
     }
+    struct sigaction term {};
+    term.sa_handler = on_early_termination;
+    term.sa_flags = SA_RESTART;
+    sigemptyset(&term.sa_mask);
+    for (int sig : {SIGTERM, SIGINT, SIGHUP}) {
+      struct sigaction old {};
+      // A handler someone installed before main (or SIG_IGN, e.g. nohup) stays theirs.
+      if (sigaction(sig, nullptr, &old) == 0 && old.sa_handler == SIG_DFL) {
+        sigaction(sig, &term, nullptr);
+      }
+    }
   }
 
   struct sigaction st {};
@@ -213,6 +238,8 @@ void install_fatal_signal_handlers(int rank, int world_size) {
 }
 
 void mark_rank_process(bool rank) { g_rank_pid.store(rank ? getpid() : 0); }
+
+int take_early_termination() { return g_early_termination.exchange(0); }
 
 bool in_rank_process() { return g_rank_pid.load() == getpid(); }
 
