@@ -30,6 +30,9 @@ constexpr std::chrono::milliseconds kExitGrace{5000};
 // A rank that exits with c10dtest's "the run was ended" codes (3, 4) was told so, or found a
 // dead peer: the others follow within moments, or are stuck.
 constexpr std::chrono::milliseconds kEndedGrace{500};
+// A configuration error (2) at start-up is usually every rank's: each waits up to 500 ms for the
+// lifeline to explain it (a dead peer) before it exits, so the others get longer than that.
+constexpr std::chrono::milliseconds kConfigGrace{2000};
 constexpr std::chrono::milliseconds kTermGrace{2000};
 
 volatile sig_atomic_t g_forward_signal = 0;
@@ -145,9 +148,10 @@ int spawn_and_supervise(const std::vector<std::string>& args, int world_size) {
             hard_kill_at = Clock::now() + kTermGrace;
           } else if (kill_at == Clock::time_point::max()) {
             const int code = WEXITSTATUS(status);
-            const bool ended =
-                code == kExitConfigError || code == kExitTimeout || code == kExitRankDied;
-            kill_at = Clock::now() + (ended ? kEndedGrace : kExitGrace);
+            const bool ended = code == kExitTimeout || code == kExitRankDied;
+            kill_at = Clock::now() + (code == kExitConfigError ? kConfigGrace
+                                      : ended                   ? kEndedGrace
+                                                                : kExitGrace);
             // c10dtest's own codes say what happened; any other comes from the code under test.
             if (code > kExitRankDied) leave_note(dir, r, describe_status(status));
           }
