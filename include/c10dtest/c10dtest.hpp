@@ -3,6 +3,7 @@
 
 #include "c10dtest/comm.hpp"
 #include "c10dtest/compare.hpp"
+#include "c10dtest/context.hpp"
 #include "c10dtest/device_mesh.hpp"
 #include "c10dtest/distributed_state_dict.hpp"
 #include "c10dtest/dtensor.hpp"

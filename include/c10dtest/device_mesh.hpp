@@ -4,8 +4,11 @@
 //   auto coord = mesh->coordinate_of(rank());                         // {row, column}
 //   mesh->group(1)->allreduce(t)->wait();                             // along a row
 //
-// Construction is collective over the world (every rank, same order), like new_group. Create
-// meshes inside a test: their groups are not rebuilt after a failed test.
+// Construction is collective over the context's world (every rank, same order), like new_group.
+// The mesh's groups come from its Context: the one passed, else current_context() (the runner's
+// world inside a c10dtest test binary). Everything built on the mesh (DTensors, their state
+// dicts, gathers) takes this rank and its device from the mesh. Inside a test, create meshes in
+// the test: their groups are not rebuilt after a failed test.
 #pragma once
 
 #include <cstdint>
@@ -15,6 +18,7 @@
 #include <vector>
 
 #include "c10dtest/comm.hpp"
+#include "c10dtest/context.hpp"
 
 namespace c10dtest {
 
@@ -24,6 +28,12 @@ class DeviceMesh {
   // (row-major, each once). Throws ConfigError when the sizes do not match or a rank is invalid.
   static std::shared_ptr<const DeviceMesh> create(std::vector<std::int64_t> shape);
   static std::shared_ptr<const DeviceMesh> create(std::vector<std::int64_t> shape,
+                                                  std::vector<int> ranks);
+  // The same over `context`'s ranks and groups.
+  static std::shared_ptr<const DeviceMesh> create(ContextPtr context,
+                                                  std::vector<std::int64_t> shape);
+  static std::shared_ptr<const DeviceMesh> create(ContextPtr context,
+                                                  std::vector<std::int64_t> shape,
                                                   std::vector<int> ranks);
 
   int ndim() const { return static_cast<int>(shape_.size()); }
@@ -37,6 +47,11 @@ class DeviceMesh {
   // Mesh coordinate of a world rank; ConfigError if it is not in the mesh.
   std::vector<std::int64_t> coordinate_of(int world_rank) const;
   int rank_at(const std::vector<std::int64_t>& coordinate) const;
+  // This process's world rank (in the mesh or not), its device and the mesh's context.
+  int my_rank() const { return my_rank_; }
+  c10::Device device() const { return context_->device(); }
+  const ContextPtr& context() const { return context_; }
+
   // This rank's coordinate, or nullopt when this rank is not in the mesh.
   std::optional<std::vector<std::int64_t>> my_coordinate() const;
 
@@ -56,6 +71,7 @@ class DeviceMesh {
 
  private:
   DeviceMesh() = default;
+  ContextPtr context_;
   std::vector<std::int64_t> shape_;
   std::vector<int> ranks_;
   std::vector<ProcessGroupPtr> dim_groups_;

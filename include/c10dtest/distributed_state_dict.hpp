@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "c10dtest/comm.hpp"
+#include "c10dtest/context.hpp"
 #include "c10dtest/state_dict.hpp"
 
 namespace c10dtest {
@@ -19,6 +20,9 @@ struct GatherOptions {
   // Only these world ranks receive full tensors (a gather to each, not an allgather); the others
   // send their pieces and get an empty dict.
   std::optional<std::vector<int>> ranks_only;
+  // Whose world ranks ranks_only and the error messages name: by default the mesh of the dict's
+  // first DTensor, else current_context() (the runner's world in a test binary).
+  ContextPtr context;
 };
 
 // The same tree with every DTensor and ShardedTensor replaced by its full tensor. Every rank of
@@ -26,7 +30,7 @@ struct GatherOptions {
 // differs). Nested dicts and lists are walked.
 StateDict gather_state_dict(const StateDict& state_dict, const GatherOptions& options = {});
 
-// Rank 0 of `group` (the world group by default) passes a dict of full tensors and plain values;
+// Rank 0 of `group` (by default current_context()'s world group) passes a dict of full tensors and plain values;
 // every rank gets a copy (other ranks' argument is ignored). Three broadcasts in all, staged on
 // the group's device (CPU for Gloo, the GPU for NCCL). Rank 0 gets its own dict back; the other
 // ranks' tensors are on CPU.

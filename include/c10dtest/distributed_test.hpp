@@ -83,20 +83,26 @@ class DistributedTestWithParam : public DistributedTest, public ::testing::WithP
 // Skips the test on every rank unless the world has at least `n` ranks. Use in the test body or
 // SetUp (it returns from the function).
 #define C10DTEST_REQUIRE_WORLD_SIZE(n)                                                      \
-  GTEST_AMBIGUOUS_ELSE_BLOCKER_                                                             \
+  switch (0)                                                                                \
+  case 0:                                                                                   \
+  default:                                                                                  \
   if (const int c10dtest_ws_ = ::c10dtest::World::instance().world_size(); c10dtest_ws_ < (n)) \
   GTEST_SKIP() << "needs a world size of at least " << (n) << ", have " << c10dtest_ws_
 
 // Skips the test on every rank unless the world has exactly `n` ranks.
 #define C10DTEST_REQUIRE_EXACT_WORLD_SIZE(n)                                                 \
-  GTEST_AMBIGUOUS_ELSE_BLOCKER_                                                             \
+  switch (0)                                                                                \
+  case 0:                                                                                   \
+  default:                                                                                  \
   if (const int c10dtest_ws_ = ::c10dtest::World::instance().world_size(); c10dtest_ws_ != (n)) \
   GTEST_SKIP() << "needs a world size of exactly " << (n) << ", have " << c10dtest_ws_
 
 // Skips the test on every rank unless every rank sees at least `n` CUDA devices (the decision
 // uses the minimum over all ranks, so it is the same everywhere).
 #define C10DTEST_REQUIRE_GPUS(n)                                                            \
-  GTEST_AMBIGUOUS_ELSE_BLOCKER_                                                             \
+  switch (0)                                                                                \
+  case 0:                                                                                   \
+  default:                                                                                  \
   if (const auto c10dtest_gpus_ =                                                          \
           ::c10dtest::World::instance().min_over_ranks(::c10dtest::local_gpu_count());     \
       c10dtest_gpus_ < (n))                                                                 \

@@ -58,7 +58,7 @@ class DTensor {
 // full tensor; with a source rank only that rank's `full` is read (others may pass an undefined
 // tensor) and it is broadcast over the mesh first. Partial: the mesh coordinate 0 holds the value,
 // the others zeros. Ranks outside the mesh get an undefined local tensor. Local pieces stay on
-// `full`'s device; with a source rank they land on the world's device (World::device(), as
+// `full`'s device; with a source rank they land on the mesh's device (DeviceMesh::device(), as
 // PyTorch puts them on the mesh's device type), wherever the source's tensor was.
 DTensor distribute_tensor(const at::Tensor& full, std::shared_ptr<const DeviceMesh> mesh,
                           std::vector<Placement> placements,

@@ -25,6 +25,13 @@ class RendezvousError : public Error {
   using Error::Error;
 };
 
+// A layout does not hold: placements that do not fit the mesh or the tensor, a local piece of
+// the wrong shape, shards that do not tile the global tensor or disagree with their metadata.
+class ShardingError : public Error {
+ public:
+  using Error::Error;
+};
+
 // A wait on the control plane ran past its deadline.
 class TimeoutError : public Error {
  public:

@@ -24,7 +24,8 @@ namespace c10dtest {
 struct StateDictOptions {
   // Values are full tensors (sharded ones are gathered: collective) instead of DTensors.
   bool full_state_dict = false;
-  // Values are moved to CPU; with full_state_dict only rank 0 keeps them, others get {}.
+  // Values are moved to CPU; with full_state_dict only rank 0 (of current_context(), see
+  // context.hpp) keeps them, others get {}.
   bool cpu_offload = false;
   // Parameters with requires_grad == false are left out (and not expected when loading).
   bool ignore_frozen_params = false;

@@ -17,12 +17,8 @@
 
 namespace c10dtest {
 
-// Shards do not tile the global tensor, or disagree with their metadata.
-class ShardingError : public Error {
- public:
-  using Error::Error;
-};
-
+// ShardingError (error.hpp): shards do not tile the global tensor, or disagree with their
+// metadata.
 struct ShardMetadata {
   std::vector<std::int64_t> offsets;
   std::vector<std::int64_t> sizes;
@@ -65,7 +61,7 @@ class ShardedTensor {
   // validate_tiling plus this rank's tensors against their metadata and the common dtype.
   void validate() const;
   // The whole tensor on every rank (one allgather), on the device of this rank's shards (the
-  // world's device on a rank without any). Pieces travel through CPU memory on Gloo and through
+  // current context's device on a rank without any, see context.hpp). Pieces travel through CPU memory on Gloo and through
   // the GPU on NCCL. Throws ShardingError if validate() would.
   at::Tensor full_tensor() const;
 

@@ -12,8 +12,9 @@
 //     EXPECT_TRUE(verify_osd(*local, local_optim, sharded_osd));
 //   }
 //
-// Every verification is collective over the world: all ranks call it, in the same order, and all
-// get the same verdict and the same message. Two strategies give identical answers:
+// Every verification is collective over its context's world (VerifyOptions::context, by default
+// the runner's world): all ranks call it, in the same order, and all get the same verdict and the
+// same message. Two strategies give identical answers:
 // - shard-local (the default when every rank passes a reference): each rank compares its own
 //   shards with the matching slices of its reference; one small exchange of findings follows.
 //   No tensor data moves.
@@ -22,7 +23,6 @@
 //   reference, in batches, and are compared there.
 #pragma once
 
-#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <torch/nn/module.h>
 #include <torch/optim/optimizer.h>
@@ -35,6 +35,7 @@
 #include <vector>
 
 #include "c10dtest/compare.hpp"
+#include "c10dtest/context.hpp"
 #include "c10dtest/state_dict.hpp"
 
 namespace c10dtest {
@@ -72,6 +73,9 @@ struct VerifyOptions {
   // Gather strategy: bytes a rank sends per batch (bounds the receiving rank's memory to about
   // world size times this).
   std::int64_t gather_batch_bytes = std::int64_t{64} << 20;
+  // The ranks that verify together (context.hpp): by default current_context() (the runner's
+  // world in a test binary), else this process alone.
+  ContextPtr context;
 };
 
 // Collective over the world. Compares every value of `dist` with the value under the same key in
@@ -188,7 +192,8 @@ class TensorMatcher {
 };
 }  // namespace detail
 
-// gMock matchers (collective, like verify_state_dict; the reference must outlive the matcher):
+// gMock matchers (collective, like verify_state_dict; the reference must outlive the matcher).
+// They need no gMock header here; EXPECT_THAT does (#include <gmock/gmock.h>, link GTest::gmock):
 //   EXPECT_THAT(dist_msd, c10dtest::StateDictMatches(msd));
 //   EXPECT_THAT(dtensor_value, c10dtest::TensorMatches(full_reference));
 inline detail::StateDictMatcher StateDictMatches(const StateDict& reference,
@@ -200,6 +205,26 @@ inline detail::TensorMatcher TensorMatches(const at::Tensor& reference,
   return detail::TensorMatcher(reference, std::move(options));
 }
 
+namespace detail {
+// For the shims below (gtest's predicate-format protocol).
+inline VerifyOptions verify_options_or_default() { return {}; }
+inline const VerifyOptions& verify_options_or_default(const VerifyOptions& options) {
+  return options;
+}
+inline ::testing::AssertionResult format_verify_state_dict(const char*, const char*, const char*,
+                                                           const StateDict& reference,
+                                                           const StateDict& dist,
+                                                           const VerifyOptions& options) {
+  return verify_state_dict(reference, dist, options);
+}
+inline ::testing::AssertionResult format_verify_tensor(const char*, const char*, const char*,
+                                                       const at::Tensor& reference,
+                                                       const StateValue& dist,
+                                                       const VerifyOptions& options) {
+  return verify_tensor(reference, dist, options);
+}
+}  // namespace detail
+
 // gtest prints matched values: a summary of shapes and dtypes, never tensor values.
 void PrintTo(const StateDict& sd, std::ostream* os);
 void PrintTo(const StateValue& v, std::ostream* os);
@@ -207,15 +232,16 @@ void PrintTo(const StateValue& v, std::ostream* os);
 }  // namespace c10dtest
 
 // One-line shims (collective: every rank must reach them). Optional third argument: VerifyOptions.
-#define C10DTEST_EXPECT_STATE_DICT_MATCHES(reference, dist, ...) \
-  GTEST_ASSERT_(::c10dtest::verify_state_dict((reference), (dist), ##__VA_ARGS__), \
-                GTEST_NONFATAL_FAILURE_)
-#define C10DTEST_ASSERT_STATE_DICT_MATCHES(reference, dist, ...) \
-  GTEST_ASSERT_(::c10dtest::verify_state_dict((reference), (dist), ##__VA_ARGS__), \
-                GTEST_FATAL_FAILURE_)
-#define C10DTEST_EXPECT_TENSOR_MATCHES(reference, dist, ...) \
-  GTEST_ASSERT_(::c10dtest::verify_tensor((reference), (dist), ##__VA_ARGS__), \
-                GTEST_NONFATAL_FAILURE_)
-#define C10DTEST_ASSERT_TENSOR_MATCHES(reference, dist, ...) \
-  GTEST_ASSERT_(::c10dtest::verify_tensor((reference), (dist), ##__VA_ARGS__), \
-                GTEST_FATAL_FAILURE_)
+// gtest's public EXPECT_PRED_FORMAT3 prints the verifier's message as it is.
+#define C10DTEST_EXPECT_STATE_DICT_MATCHES(reference, dist, ...)                         \
+  EXPECT_PRED_FORMAT3(::c10dtest::detail::format_verify_state_dict, reference, dist,     \
+                      ::c10dtest::detail::verify_options_or_default(__VA_ARGS__))
+#define C10DTEST_ASSERT_STATE_DICT_MATCHES(reference, dist, ...)                         \
+  ASSERT_PRED_FORMAT3(::c10dtest::detail::format_verify_state_dict, reference, dist,     \
+                      ::c10dtest::detail::verify_options_or_default(__VA_ARGS__))
+#define C10DTEST_EXPECT_TENSOR_MATCHES(reference, dist, ...)                             \
+  EXPECT_PRED_FORMAT3(::c10dtest::detail::format_verify_tensor, reference, dist,         \
+                      ::c10dtest::detail::verify_options_or_default(__VA_ARGS__))
+#define C10DTEST_ASSERT_TENSOR_MATCHES(reference, dist, ...)                             \
+  ASSERT_PRED_FORMAT3(::c10dtest::detail::format_verify_tensor, reference, dist,         \
+                      ::c10dtest::detail::verify_options_or_default(__VA_ARGS__))

@@ -1,5 +1,7 @@
 // The world: this process's rank, the control plane and the process groups, created once per
-// launch by c10dtest's main (or c10dtest::init) and shared by every test.
+// launch by c10dtest's main (or c10dtest::init) and shared by every test. It is the runner's
+// Context (c10dtest/context.hpp), the default one while it runs: DeviceMesh, DTensor, the
+// state-dict functions and verify use it when they are given no other.
 #pragma once
 
 #include <c10/core/Device.h>
@@ -11,6 +13,7 @@
 #include <vector>
 
 #include "c10dtest/comm.hpp"
+#include "c10dtest/context.hpp"
 #include "c10dtest/launch.hpp"
 #include "c10dtest/options.hpp"
 
@@ -25,7 +28,7 @@ class Lifeline;
 class Report;
 }  // namespace detail
 
-class World {
+class World final : public Context {
  public:
   // Throws Error when c10dtest was not initialised (the binary must link c10dtest::main, or call
   // c10dtest::init before RUN_ALL_TESTS).
@@ -34,13 +37,13 @@ class World {
 
   const LaunchInfo& launch() const { return launch_; }
   const RunOptions& options() const { return options_; }
-  int rank() const { return launch_.rank; }
-  int world_size() const { return launch_.world_size; }
+  int rank() const override { return launch_.rank; }
+  int world_size() const override { return launch_.world_size; }
   int local_rank() const { return launch_.local_rank; }
   BackendKind backend() const { return backend_; }
   // Where tests put their tensors: CPU with Gloo, cuda:<local rank> with NCCL, and with
   // --c10dtest_device=cuda on Gloo cuda:<local rank % GPUs visible>.
-  c10::Device device() const { return device_; }
+  c10::Device device() const override { return device_; }
 
   // Why this run's world cannot work here, the same text on every rank ("" when it can):
   // NCCL without NCCL compiled in, a CUDA device that no GPU backs, two NCCL ranks on one GPU.
@@ -48,17 +51,17 @@ class World {
   const std::string& unavailable_reason() const { return unavailable_; }
 
   // The world group. Do not keep it across tests: after a failed test every rank rebuilds it.
-  ProcessGroupPtr process_group();
+  ProcessGroupPtr process_group() override;
 
   // A group of `ranks` (world ranks, each once, ascending or not). Collective: every rank must
   // call it, in the same order; ranks outside the group get nullptr. Uses the world's backend.
-  ProcessGroupPtr new_group(const std::vector<int>& ranks);
+  ProcessGroupPtr new_group(const std::vector<int>& ranks) override;
   // The same with another backend than the world's (e.g. a Gloo group beside an NCCL world, or
   // a test parameterised over backends). ConfigError if it is not compiled in.
   ProcessGroupPtr new_group(const std::vector<int>& ranks, BackendKind backend);
   // Splits the world into disjoint groups (e.g. the rows of a 2-D mesh) and returns the one that
   // holds this rank (nullptr if none does). Collective, like new_group.
-  ProcessGroupPtr new_subgroups(const std::vector<std::vector<int>>& groups);
+  ProcessGroupPtr new_subgroups(const std::vector<std::vector<int>>& groups) override;
   ProcessGroupPtr new_subgroups(const std::vector<std::vector<int>>& groups, BackendKind backend);
 
   ControlPlane& control();
@@ -70,11 +73,17 @@ class World {
   // every rank's `value`. Used to make skip decisions identical on every rank.
   std::int64_t min_over_ranks(std::int64_t value);
 
+  // Context: every rank's `value` through the control plane (not a process group, which a failed
+  // test may have broken), under next_tag(what).
+  std::vector<std::string> all_gather_text(const std::string& what,
+                                           const std::string& value) override;
+  std::string verify_strategy() const override { return options_.verify_strategy; }
+
   // A control-plane tag for the next collective of the running test ("t/0/3/2/<what>/5"): the
   // same on every rank as long as every rank makes the same calls in the same order.
   std::string next_tag(const std::string& what);
 
-  ~World();
+  ~World() override;
 
  private:
   friend int init(int* argc, char** argv);

@@ -239,9 +239,13 @@ void ControlPlane::wait(const std::vector<std::string>& keys, std::chrono::milli
     store_->wait(keys, timeout);
   } catch (const std::exception& e) {
     if (check(keys)) return;
+    // The store's own words, first line only (LibTorch appends a C++ stack to c10::Error).
+    std::string cause = e.what();
+    cause = cause.substr(0, cause.find('\n'));
     std::ostringstream os;
     os << "timed out after " << timeout.count() << " ms waiting for control-plane key(s)";
     for (const auto& k : keys) os << ' ' << k;
+    if (!cause.empty()) os << " (the store said: " << cause << ")";
     throw TimeoutError(os.str());
   }
 }

@@ -3,14 +3,12 @@
 #include <ATen/Context.h>
 #include <torch/cuda.h>
 
+#include "common/hash.hpp"
+
 namespace c10dtest {
 
 std::uint64_t seed_for(const std::string& full_name, std::uint64_t run_seed) {
-  std::uint64_t h = 1469598103934665603ULL;  // FNV-1a
-  for (unsigned char c : full_name) {
-    h ^= c;
-    h *= 1099511628211ULL;
-  }
+  const std::uint64_t h = detail::fnv1a(full_name);
   // splitmix64 of the name hash and the run seed, kept positive for int64 consumers.
   std::uint64_t z = h + run_seed * 0x9E3779B97F4A7C15ULL;
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;

@@ -10,6 +10,7 @@
 
 #include "c10dtest/error.hpp"
 #include "c10dtest/world.hpp"
+#include "common/hash.hpp"
 #include "common/text.hpp"
 #include "internal.hpp"
 #include "lifeline.hpp"
@@ -38,14 +39,7 @@ bool want_color(Launcher launcher) {
   return isatty(STDOUT_FILENO) != 0 && term != nullptr && std::strcmp(term, "dumb") != 0;
 }
 
-std::string fnv1a(const std::string& s) {
-  std::uint64_t h = 1469598103934665603ULL;
-  for (unsigned char c : s) {
-    h ^= c;
-    h *= 1099511628211ULL;
-  }
-  return std::to_string(h);
-}
+std::string name_hash(const std::string& s) { return std::to_string(fnv1a(s)); }
 
 std::string ranks_text(const std::vector<int>& ranks, int world_size) {
   return detail::rank_list(ranks) + " of " + std::to_string(world_size);
@@ -124,7 +118,7 @@ void DistributedListener::check_test_lists(const ::testing::UnitTest& unit, int 
   }
   ControlPlane& cp = world_.control();
   const std::string tag = "lists/" + std::to_string(iteration);
-  const auto hashes = cp.all_gather(tag, fnv1a(names), world_.options().rendezvous_timeout);
+  const auto hashes = cp.all_gather(tag, name_hash(names), world_.options().rendezvous_timeout);
   if (std::all_of(hashes.begin(), hashes.end(), [&](const std::string& h) { return h == hashes[0]; })) {
     return;
   }

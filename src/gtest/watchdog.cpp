@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <sstream>
 
+#include "common/text.hpp"
 #include "internal.hpp"
 #include "lifeline.hpp"
 
@@ -22,12 +23,6 @@ constexpr std::chrono::milliseconds kCaptureGrace{3000};
 // A loop round that came this much later than asked means this process did not run (SIGSTOP,
 // a debugger, a starved machine): what it saw of the others is stale, not their fault.
 constexpr std::chrono::milliseconds kPauseGap{1000};
-
-std::string join_ranks(const std::vector<int>& ranks) {
-  std::ostringstream os;
-  for (std::size_t i = 0; i < ranks.size(); ++i) os << (i ? ", " : "") << ranks[i];
-  return os.str();
-}
 }  // namespace
 
 Watchdog::Watchdog(std::unique_ptr<ControlPlane> client, const RunOptions& options,
@@ -209,10 +204,9 @@ void Watchdog::on_deadline() {
   }
   std::ostringstream os;
   os << "[  TIMEOUT ] " << name << " did not finish within " << timeout.count() << " ms on "
-     << (stuck.size() == 1 ? "rank " : "ranks ") << join_ranks(stuck) << " of " << size;
+     << detail::rank_list(stuck) << " of " << size;
   if (!waiting.empty()) {
-    os << " (" << (waiting.size() == 1 ? "rank " : "ranks ") << join_ranks(waiting)
-       << " finished and waited)";
+    os << " (" << detail::rank_list(waiting) << " finished and waited)";
   }
   os << "\n";
   for (int r : stuck) {

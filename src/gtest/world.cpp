@@ -14,6 +14,7 @@
 #include "c10dtest/control_plane.hpp"
 #include "c10dtest/distributed_test.hpp"
 #include "c10dtest/error.hpp"
+#include "context/groups.hpp"
 #include "internal.hpp"
 #include "lifeline.hpp"
 #include "report.hpp"
@@ -117,6 +118,9 @@ void World::start() {
   watchdog_->start();
   choose_device();
   rebuild_process_groups();  // builds nothing when the world cannot run here
+  // The default context of DeviceMesh, DTensor, the state-dict functions and verify; owned by
+  // the world slot, so the pointer the default holds does not delete it.
+  set_default_context(std::shared_ptr<Context>(this, [](Context*) {}));
 }
 
 void World::choose_device() {
@@ -202,35 +206,19 @@ ProcessGroupPtr World::new_subgroups(const std::vector<std::vector<int>>& groups
     throw ConfigError("new_group/new_subgroups: nccl: " + nccl_unavailable_reason());
   }
   if (!unavailable_.empty()) throw ConfigError(unavailable_);
-  std::set<int> seen;
-  for (const auto& g : groups) {
-    if (g.empty()) throw ConfigError("new_subgroups: a group is empty");
-    for (int r : g) {
-      if (r < 0 || r >= world_size()) {
-        throw ConfigError("new_subgroups: rank " + std::to_string(r) +
-                          " is outside the world of " + std::to_string(world_size()));
-      }
-      if (!seen.insert(r).second) {
-        throw ConfigError("new_subgroups: rank " + std::to_string(r) + " appears twice");
-      }
-    }
-  }
+  detail::check_subgroups(groups, world_size());
   const int seq = group_seq_++;
   ProcessGroupPtr mine;
   for (std::size_t i = 0; i < groups.size(); ++i) {
     const auto& g = groups[i];
     const auto it = std::find(g.begin(), g.end(), rank());
     if (it == g.end()) continue;
-    std::ostringstream name;
-    name << "group [";
-    for (std::size_t k = 0; k < g.size(); ++k) name << (k ? ", " : "") << g[k];
-    name << "]";
     auto store = c10::make_intrusive<c10d::PrefixStore>(
         "pg/" + std::to_string(generation_) + "/g" + std::to_string(seq) + "." +
             std::to_string(i),
         control_->store());
     mine = make_process_group(store, static_cast<int>(it - g.begin()),
-                              static_cast<int>(g.size()), group_options(name.str(), backend));
+                              static_cast<int>(g.size()), group_options(detail::group_name(g), backend));
   }
   return mine;
 }
@@ -255,6 +243,12 @@ void World::set_test_timeout(std::chrono::milliseconds timeout) {
 
 std::string World::next_tag(const std::string& what) {
   return test_key() + "/" + what + "/" + std::to_string(call_seq_++);
+}
+
+std::vector<std::string> World::all_gather_text(const std::string& what,
+                                                const std::string& value) {
+  if (world_size() == 1) return {value};
+  return control_->all_gather(next_tag(what), value, options_.effective_collective_timeout());
 }
 
 std::int64_t World::min_over_ranks(std::int64_t value) {
@@ -290,6 +284,7 @@ int World::stop(int exit_code) {
   }
   // Without the others, an NCCL shutdown could wait for them: abort instead.
   release_process_group(world_group_, !together);
+  set_default_context(nullptr);
   lifeline_->close();
   watchdog_.reset();
   control_.reset();

@@ -6,21 +6,32 @@
 
 #include "c10dtest/error.hpp"
 #include "common/text.hpp"
-#include "c10dtest/world.hpp"
 
 namespace c10dtest {
 
 std::shared_ptr<const DeviceMesh> DeviceMesh::create(std::vector<std::int64_t> shape) {
-  std::int64_t n = 1;
-  for (auto s : shape) n *= s;
-  std::vector<int> ranks;
-  for (std::int64_t r = 0; r < std::max<std::int64_t>(n, 0); ++r) ranks.push_back(static_cast<int>(r));
-  return create(std::move(shape), std::move(ranks));
+  return create(current_context(), std::move(shape));
 }
 
 std::shared_ptr<const DeviceMesh> DeviceMesh::create(std::vector<std::int64_t> shape,
                                                      std::vector<int> ranks) {
-  World& world = World::instance();
+  return create(current_context(), std::move(shape), std::move(ranks));
+}
+
+std::shared_ptr<const DeviceMesh> DeviceMesh::create(ContextPtr context,
+                                                     std::vector<std::int64_t> shape) {
+  std::int64_t n = 1;
+  for (auto s : shape) n *= s;
+  std::vector<int> ranks;
+  for (std::int64_t r = 0; r < std::max<std::int64_t>(n, 0); ++r) ranks.push_back(static_cast<int>(r));
+  return create(std::move(context), std::move(shape), std::move(ranks));
+}
+
+std::shared_ptr<const DeviceMesh> DeviceMesh::create(ContextPtr context,
+                                                     std::vector<std::int64_t> shape,
+                                                     std::vector<int> ranks) {
+  if (!context) throw ConfigError("DeviceMesh: no context");
+  Context& world = *context;
   std::int64_t n = 1;
   for (std::size_t i = 0; i < shape.size(); ++i) {
     if (shape[i] < 1) {
@@ -50,6 +61,7 @@ std::shared_ptr<const DeviceMesh> DeviceMesh::create(std::vector<std::int64_t> s
   mesh->shape_ = std::move(shape);
   mesh->ranks_ = std::move(ranks);
   mesh->my_rank_ = world.rank();
+  mesh->context_ = context;
   mesh->all_group_ = world.new_group(mesh->ranks_);
   // For each mesh dim: partition the mesh into lines along that dim.
   for (int d = 0; d < mesh->ndim(); ++d) {
@@ -139,6 +151,7 @@ std::shared_ptr<const DeviceMesh> DeviceMesh::sub_mesh(int dim) const {
   sub->dim_groups_ = {dim_groups_[static_cast<std::size_t>(dim)]};
   sub->all_group_ = dim_groups_[static_cast<std::size_t>(dim)];
   sub->my_rank_ = my_rank_;
+  sub->context_ = context_;
   return sub;
 }
 

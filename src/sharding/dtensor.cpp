@@ -3,10 +3,10 @@
 #include <sstream>
 
 #include "assemble.hpp"
-#include "bytes.hpp"
+#include "comm/bytes.hpp"
+#include "common/tensor.hpp"
 #include "common/text.hpp"
 #include "c10dtest/error.hpp"
-#include "c10dtest/world.hpp"
 
 namespace c10dtest {
 
@@ -15,28 +15,18 @@ namespace {
 void check_placements(const std::vector<Placement>& placements, const DeviceMesh& mesh,
                       const std::vector<std::int64_t>& global_shape) {
   if (static_cast<int>(placements.size()) != mesh.ndim()) {
-    throw ConfigError("DTensor: " + std::to_string(placements.size()) + " placements " +
+    throw ShardingError("DTensor: " + std::to_string(placements.size()) + " placements " +
                       to_string(placements) + " for a " + std::to_string(mesh.ndim()) +
                       "-D " + mesh.describe());
   }
   for (const auto& p : placements) {
     if (const auto* s = std::get_if<Shard>(&p)) {
       if (s->dim < 0 || s->dim >= static_cast<std::int64_t>(global_shape.size())) {
-        throw ConfigError("DTensor: " + to_string(p) + " is outside a tensor of shape " +
+        throw ShardingError("DTensor: " + to_string(p) + " is outside a tensor of shape " +
                           detail::shape_text(global_shape));
       }
     }
   }
-}
-
-// Slices of `full` that the piece with `shape` at `offset` covers.
-at::Tensor slice(const at::Tensor& full, const std::vector<std::int64_t>& shape,
-                 const std::vector<std::int64_t>& offset) {
-  at::Tensor t = full;
-  for (std::size_t d = 0; d < shape.size(); ++d) {
-    t = t.narrow(static_cast<std::int64_t>(d), offset[d], shape[d]);
-  }
-  return t;
 }
 
 bool has_partial(const std::vector<Placement>& placements) {
@@ -76,13 +66,13 @@ DTensor::DTensor(at::Tensor local, std::shared_ptr<const DeviceMesh> mesh,
       placements_(std::move(placements)),
       global_shape_(std::move(global_shape)) {
   if (!mesh_) throw ConfigError("DTensor: no mesh");
-  const int me = World::instance().rank();
+  const int me = mesh_->my_rank();
   // A rank outside the mesh holds nothing (and may not know the global shape).
   if (!mesh_->contains(me)) return;
   check_placements(placements_, *mesh_, global_shape_);
   const auto expected = local_shape_of(me);
   if (!local_.defined() || local_.sizes().vec() != expected) {
-    throw ConfigError("DTensor: rank " + std::to_string(me) + " holds a local tensor of shape " +
+    throw ShardingError("DTensor: rank " + std::to_string(me) + " holds a local tensor of shape " +
                       (local_.defined() ? detail::shape_text(local_.sizes().vec()) : "<undefined>") +
                       " but " + to_string(placements_) + " of global shape " +
                       detail::shape_text(global_shape_) + " gives it " + detail::shape_text(expected));
@@ -149,7 +139,7 @@ at::Tensor assemble(const DTensor& t, const std::vector<at::Tensor>& pieces) {
     local_extent(t.global_shape(), placements, mesh, coord, &shape, &offset);
     // Pieces arrive on the group's exchange device; sums need them on the result's.
     at::Tensor piece = from_bytes(pieces[i], t.dtype(), shape).to(full.device());
-    at::Tensor target = slice(full, shape, offset);
+    at::Tensor target = slice_block(full, shape, offset);
     if (!partial) {
       target.copy_(piece);
     } else if (t.dtype() == at::kBool) {
@@ -164,8 +154,8 @@ at::Tensor assemble(const DTensor& t, const std::vector<at::Tensor>& pieces) {
 }  // namespace detail
 
 at::Tensor DTensor::full_tensor() const {
-  if (!mesh_->contains(World::instance().rank())) {
-    throw ConfigError("DTensor::full_tensor: rank " + std::to_string(World::instance().rank()) +
+  if (!mesh_->contains(mesh_->my_rank())) {
+    throw ShardingError("DTensor::full_tensor: rank " + std::to_string(mesh_->my_rank()) +
                       " is not in " + mesh_->describe());
   }
   std::vector<std::int64_t> sizes;
@@ -190,12 +180,12 @@ std::string DTensor::describe() const {
 
 DTensor distribute_tensor(const at::Tensor& full, std::shared_ptr<const DeviceMesh> mesh,
                           std::vector<Placement> placements, std::optional<int> source_rank) {
-  World& world = World::instance();
-  const int me = world.rank();
+  if (!mesh) throw ConfigError("distribute_tensor: no mesh");
+  const int me = mesh->my_rank();
   at::Tensor whole = full;
   if (source_rank) {
     if (!mesh->contains(*source_rank)) {
-      throw ConfigError("distribute_tensor: source rank " + std::to_string(*source_rank) +
+      throw ShardingError("distribute_tensor: source rank " + std::to_string(*source_rank) +
                         " is not in " + mesh->describe());
     }
     if (!mesh->contains(me)) {
@@ -224,12 +214,12 @@ DTensor distribute_tensor(const at::Tensor& full, std::shared_ptr<const DeviceMe
     std::int64_t nbytes = static_cast<std::int64_t>(c10::elementSize(dtype));
     for (auto s : shape) nbytes *= s;
     // The bytes cross on the group's exchange device; every rank's piece then lands on the
-    // world's device (as PyTorch puts it on the mesh's device type): the others cannot know
+    // mesh's device (as PyTorch puts it on the mesh's device type): the others cannot know
     // where the source's tensor lives.
     at::Tensor bytes = me == *source_rank ? detail::as_bytes(whole).clone()
                                           : at::empty({nbytes}, at::TensorOptions().dtype(at::kByte));
     detail::broadcast_bytes(mesh->all_group(), bytes, root);
-    whole = detail::from_bytes(bytes, dtype, shape).to(world.device());
+    whole = detail::from_bytes(bytes, dtype, shape).to(mesh->device());
   }
   if (!mesh->contains(me)) {
     return DTensor(at::Tensor(), mesh, std::move(placements), whole.sizes().vec());
@@ -242,7 +232,7 @@ DTensor distribute_tensor(const at::Tensor& full, std::shared_ptr<const DeviceMe
   std::vector<std::int64_t> offset;
   const auto coord = mesh->coordinate_of(me);
   detail::local_extent(global, placements, *mesh, coord, &shape, &offset);
-  at::Tensor local = slice(whole, shape, offset).clone();
+  at::Tensor local = detail::slice_block(whole, shape, offset).clone();
   for (int m = 0; m < mesh->ndim(); ++m) {
     if (std::holds_alternative<Partial>(placements[static_cast<std::size_t>(m)]) &&
         coord[static_cast<std::size_t>(m)] != 0) {

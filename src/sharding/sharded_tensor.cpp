@@ -5,8 +5,9 @@
 #include <sstream>
 
 #include "assemble.hpp"
-#include "bytes.hpp"
-#include "c10dtest/world.hpp"
+#include "comm/bytes.hpp"
+#include "c10dtest/context.hpp"
+#include "common/tensor.hpp"
 #include "common/text.hpp"
 
 namespace c10dtest {
@@ -250,9 +251,11 @@ at::Tensor my_piece(const ShardedTensor& t) {
 at::Tensor assemble(const ShardedTensor& t, const std::vector<at::Tensor>& pieces) {
   const auto& meta = t.metadata();
   const auto element = static_cast<std::int64_t>(c10::elementSize(meta.dtype));
-  // On the device of this rank's shards (the world's device for a rank without any).
-  const c10::Device home = t.local_shards().empty() ? World::instance().device()
-                                                    : t.local_shards().front().tensor.device();
+  // On the device of this rank's shards; for a rank without any, the current context's device,
+  // else where the group exchanges (CPU for Gloo, the GPU for NCCL).
+  const c10::Device home = !t.local_shards().empty() ? t.local_shards().front().tensor.device()
+                           : has_context()           ? current_context()->device()
+                                                     : exchange_device(t.process_group());
   at::Tensor full = at::empty(meta.global_shape, at::TensorOptions().dtype(meta.dtype).device(home));
   std::vector<std::int64_t> cursor(pieces.size(), 0);
   for (const auto& m : meta.shards) {
@@ -260,11 +263,7 @@ at::Tensor assemble(const ShardedTensor& t, const std::vector<at::Tensor>& piece
     const auto r = static_cast<std::size_t>(m.rank);
     at::Tensor piece = from_bytes(pieces[r].narrow(0, cursor[r], n), meta.dtype, m.sizes);
     cursor[r] += n;
-    at::Tensor target = full;
-    for (std::size_t d = 0; d < m.sizes.size(); ++d) {
-      target = target.narrow(static_cast<std::int64_t>(d), m.offsets[d], m.sizes[d]);
-    }
-    target.copy_(piece);
+    slice_block(full, m.sizes, m.offsets).copy_(piece);
   }
   return full;
 }

@@ -5,10 +5,12 @@
 #include <sstream>
 
 #include "../sharding/assemble.hpp"
-#include "../sharding/bytes.hpp"
+#include "comm/bytes.hpp"
 #include "common/fields.hpp"
+#include "common/hash.hpp"
+#include "common/tensor.hpp"
 #include "offload.hpp"
-#include "c10dtest/world.hpp"
+#include "c10dtest/context.hpp"
 
 namespace c10dtest {
 
@@ -34,19 +36,13 @@ void leaves(StateValue& v, const std::string& path, std::vector<Leaf>* out) {
   }
 }
 
-std::uint64_t fnv1a(const std::string& s, std::uint64_t h = 1469598103934665603ULL) {
-  for (unsigned char c : s) {
-    h ^= c;
-    h *= 1099511628211ULL;
-  }
-  return h;
-}
+using detail::fnv1a;
 
 // Sharded leaves that travel over one group, in tree order.
 struct GroupBatch {
   ProcessGroupPtr group;
   std::vector<Leaf> leaves;
-  std::uint64_t layout_hash = 1469598103934665603ULL;
+  std::uint64_t layout_hash = detail::kFnvOffset;
   bool solo = false;
 };
 
@@ -108,6 +104,22 @@ std::vector<Preamble> exchange_preambles(const ProcessGroupPtr& group, const Pre
   return out;
 }
 
+// This process's world rank for gather_state_dict: see GatherOptions::context. A dict of
+// ShardedTensors alone outside any context has no world: their group's ranks stand in.
+int world_rank(const std::vector<Leaf>& all, const GatherOptions& options) {
+  if (options.context) return options.context->rank();
+  for (const auto& leaf : all) {
+    if (leaf.value->is<DTensor>()) return leaf.value->as<DTensor>().mesh()->my_rank();
+  }
+  if (has_context()) return current_context()->rank();
+  for (const auto& leaf : all) {
+    if (leaf.value->is<ShardedTensor>()) {
+      return leaf.value->as<ShardedTensor>().process_group()->getRank();
+    }
+  }
+  return 0;
+}
+
 }  // namespace
 
 namespace detail {
@@ -151,14 +163,14 @@ StateDict gather_state_dict(const StateDict& state_dict, const GatherOptions& op
       return b.group.get() == g.get() && !b.solo;
     });
     if (it == batches.end()) {
-      batches.push_back({g, {}, 1469598103934665603ULL, false});
+      batches.push_back({g, {}, detail::kFnvOffset, false});
       it = batches.end() - 1;
     }
     it->leaves.push_back(leaf);
     it->layout_hash = fnv1a(layout_text(leaf), it->layout_hash);
   }
 
-  const int me = World::instance().rank();
+  const int me = world_rank(all, options);
   bool receive = !options.ranks_only ||
                  std::find(options.ranks_only->begin(), options.ranks_only->end(), me) !=
                      options.ranks_only->end();
@@ -340,7 +352,7 @@ std::vector<at::Tensor> tensors_in(StateValue& root) {
 }  // namespace
 
 StateDict broadcast_state_dict(const StateDict& state_dict, ProcessGroupPtr group) {
-  if (!group) group = World::instance().process_group();
+  if (!group) group = current_context()->process_group();
   const bool root = group->getRank() == 0;
   std::string structure;
   std::vector<at::Tensor> tensors;
@@ -438,10 +450,7 @@ StateValue distribute_value(const StateValue& full, const StateValue& like, cons
   check_shape(st.metadata().global_shape);
   std::vector<LocalShard> pieces;
   for (const auto& s : st.local_shards()) {
-    at::Tensor piece = t;
-    for (std::size_t d = 0; d < s.metadata.sizes.size(); ++d) {
-      piece = piece.narrow(static_cast<std::int64_t>(d), s.metadata.offsets[d], s.metadata.sizes[d]);
-    }
+    const at::Tensor piece = detail::slice_block(t, s.metadata.sizes, s.metadata.offsets);
     pieces.push_back({piece.clone().to(s.tensor.device()), s.metadata});
   }
   return ShardedTensor::from_metadata(std::move(pieces), st.metadata(), st.process_group());

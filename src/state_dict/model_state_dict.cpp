@@ -6,9 +6,10 @@
 #include <sstream>
 
 #include "c10dtest/distributed_state_dict.hpp"
+#include "common/tensor.hpp"
 #include "offload.hpp"
 #include "parameter_value.hpp"
-#include "c10dtest/world.hpp"
+#include "c10dtest/context.hpp"
 
 namespace c10dtest {
 
@@ -113,12 +114,8 @@ at::Tensor tensor_for_parameter(const StateValue& value, const ParamLayout* layo
   std::vector<std::int64_t> shape;
   std::vector<std::int64_t> offset;
   local_extent(layout->global_shape, layout->placements, *layout->mesh,
-               layout->mesh->coordinate_of(World::instance().rank()), &shape, &offset);
-  at::Tensor t = full;
-  for (std::size_t d = 0; d < shape.size(); ++d) {
-    t = t.narrow(static_cast<std::int64_t>(d), offset[d], shape[d]);
-  }
-  return t;
+               layout->mesh->coordinate_of(layout->mesh->my_rank()), &shape, &offset);
+  return slice_block(full, shape, offset);
 }
 
 }  // namespace detail
@@ -186,7 +183,7 @@ StateDict get_model_state_dict(const torch::nn::Module& module, const StateDictO
     }
   }
   if (options.cpu_offload) {
-    if (options.full_state_dict && World::initialized() && World::instance().rank() != 0) {
+    if (options.full_state_dict && has_context() && current_context()->rank() != 0) {
       return StateDict();
     }
     StateValue tree(std::move(sd));

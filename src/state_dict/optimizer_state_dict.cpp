@@ -12,7 +12,6 @@
 #include <type_traits>
 
 #include "c10dtest/distributed_state_dict.hpp"
-#include "c10dtest/world.hpp"
 #include "offload.hpp"
 #include "parameter_value.hpp"
 
@@ -90,110 +89,8 @@ std::tuple<double, double> betas(const StateDict& d, const std::string& where) {
   return {number(pair, "0", where + " betas"), number(pair, "1", where + " betas")};
 }
 
-// Adam and AdamW share their hyperparameters and state fields.
-template <typename Options>
-void adam_options_into(const Options& a, StateDict& d) {
-  d.insert("lr", a.lr());
-  d.insert("betas", StateList{std::get<0>(a.betas()), std::get<1>(a.betas())});
-  d.insert("eps", a.eps());
-  d.insert("weight_decay", a.weight_decay());
-  d.insert("amsgrad", a.amsgrad());
-}
-
-template <typename Options>
-void apply_adam_options(const StateDict& d, Options& a, const std::string& where) {
-  a.lr(number(d, "lr", where)).betas(betas(d, where)).eps(number(d, "eps", where));
-  a.weight_decay(number(d, "weight_decay", where)).amsgrad(flag(d, "amsgrad", where));
-}
-
-StateDict options_dict(const optim::OptimizerOptions& o) {
-  StateDict d;
-  if (const auto* a = dynamic_cast<const optim::AdamOptions*>(&o)) {
-    adam_options_into(*a, d);
-  } else if (const auto* w = dynamic_cast<const optim::AdamWOptions*>(&o)) {
-    adam_options_into(*w, d);
-  } else if (const auto* s = dynamic_cast<const optim::SGDOptions*>(&o)) {
-    d.insert("lr", s->lr());
-    d.insert("momentum", s->momentum());
-    d.insert("dampening", s->dampening());
-    d.insert("weight_decay", s->weight_decay());
-    d.insert("nesterov", s->nesterov());
-  } else if (const auto* g = dynamic_cast<const optim::AdagradOptions*>(&o)) {
-    d.insert("lr", g->lr());
-    d.insert("lr_decay", g->lr_decay());
-    d.insert("weight_decay", g->weight_decay());
-    d.insert("initial_accumulator_value", g->initial_accumulator_value());
-    d.insert("eps", g->eps());
-  } else if (const auto* r = dynamic_cast<const optim::RMSpropOptions*>(&o)) {
-    d.insert("lr", r->lr());
-    d.insert("alpha", r->alpha());
-    d.insert("eps", r->eps());
-    d.insert("weight_decay", r->weight_decay());
-    d.insert("momentum", r->momentum());
-    d.insert("centered", r->centered());
-  } else {
-    throw StateDictError("unsupported optimizer: only SGD, Adam, AdamW, Adagrad and RMSprop");
-  }
-  return d;
-}
-
-void apply_options(const StateDict& d, optim::OptimizerOptions& o, const std::string& where) {
-  if (auto* a = dynamic_cast<optim::AdamOptions*>(&o)) {
-    apply_adam_options(d, *a, where);
-  } else if (auto* w = dynamic_cast<optim::AdamWOptions*>(&o)) {
-    apply_adam_options(d, *w, where);
-  } else if (auto* s = dynamic_cast<optim::SGDOptions*>(&o)) {
-    s->lr(number(d, "lr", where)).momentum(number(d, "momentum", where));
-    s->dampening(number(d, "dampening", where)).weight_decay(number(d, "weight_decay", where));
-    s->nesterov(flag(d, "nesterov", where));
-  } else if (auto* g = dynamic_cast<optim::AdagradOptions*>(&o)) {
-    g->lr(number(d, "lr", where)).lr_decay(number(d, "lr_decay", where));
-    g->weight_decay(number(d, "weight_decay", where));
-    g->initial_accumulator_value(number(d, "initial_accumulator_value", where));
-    g->eps(number(d, "eps", where));
-  } else if (auto* r = dynamic_cast<optim::RMSpropOptions*>(&o)) {
-    r->lr(number(d, "lr", where)).alpha(number(d, "alpha", where)).eps(number(d, "eps", where));
-    r->weight_decay(number(d, "weight_decay", where)).momentum(number(d, "momentum", where));
-    r->centered(flag(d, "centered", where));
-  } else {
-    throw StateDictError("unsupported optimizer: only SGD, Adam, AdamW, Adagrad and RMSprop");
-  }
-}
-
-// ---- per-parameter state -------------------------------------------------------------------
-
 void put(StateDict& d, const char* key, const at::Tensor& t, const Wrap& wrap) {
   if (t.defined()) d.insert(key, wrap(t));
-}
-
-template <typename State>
-void adam_state_into(const State& a, StateDict& d, const Wrap& wrap) {
-  d.insert("step", a.step());
-  put(d, "exp_avg", a.exp_avg(), wrap);
-  put(d, "exp_avg_sq", a.exp_avg_sq(), wrap);
-  put(d, "max_exp_avg_sq", a.max_exp_avg_sq(), wrap);
-}
-
-StateDict state_dict_of(const optim::OptimizerParamState& s, const Wrap& wrap) {
-  StateDict d;
-  if (const auto* a = dynamic_cast<const optim::AdamParamState*>(&s)) {
-    adam_state_into(*a, d, wrap);
-  } else if (const auto* w = dynamic_cast<const optim::AdamWParamState*>(&s)) {
-    adam_state_into(*w, d, wrap);
-  } else if (const auto* m = dynamic_cast<const optim::SGDParamState*>(&s)) {
-    put(d, "momentum_buffer", m->momentum_buffer(), wrap);
-  } else if (const auto* g = dynamic_cast<const optim::AdagradParamState*>(&s)) {
-    d.insert("step", g->step());
-    put(d, "sum", g->sum(), wrap);
-  } else if (const auto* r = dynamic_cast<const optim::RMSpropParamState*>(&s)) {
-    d.insert("step", r->step());
-    put(d, "square_avg", r->square_avg(), wrap);
-    put(d, "momentum_buffer", r->momentum_buffer(), wrap);
-    put(d, "grad_avg", r->grad_avg(), wrap);
-  } else {
-    throw StateDictError("unsupported optimizer state: only SGD, Adam, AdamW, Adagrad, RMSprop");
-  }
-  return d;
 }
 
 using Unwrap = std::function<at::Tensor(const StateValue&, const std::string& field)>;
@@ -215,47 +112,195 @@ std::int64_t step(const StateDict& d, const std::string& where) {
   throw StateDictError(where + ": 'step' is a " + v.type_name() + ", not an integer");
 }
 
-template <typename State>
-std::unique_ptr<optim::OptimizerParamState> make_adam_state(const StateDict& d,
-                                                            const Unwrap& unwrap,
-                                                            const std::string& where) {
-  auto s = std::make_unique<State>();
-  s->step(step(d, where));
-  s->exp_avg(tensor(d, "exp_avg", unwrap, true, where));
-  s->exp_avg_sq(tensor(d, "exp_avg_sq", unwrap, true, where));
-  s->max_exp_avg_sq(tensor(d, "max_exp_avg_sq", unwrap, false, where));
-  return s;
+// ---- one traits entry per optimizer ----------------------------------------------------------
+// Each says how its hyperparameters and per-parameter state map to state-dict fields (PyTorch's
+// names), both ways. Adding an optimizer: one struct here and one line in kKinds below.
+
+// Adam and AdamW share their hyperparameters and state fields.
+template <typename O, typename S>
+struct AdamLike {
+  using Options = O;
+  using State = S;
+  static void options_into(const Options& a, StateDict& d) {
+    d.insert("lr", a.lr());
+    d.insert("betas", StateList{std::get<0>(a.betas()), std::get<1>(a.betas())});
+    d.insert("eps", a.eps());
+    d.insert("weight_decay", a.weight_decay());
+    d.insert("amsgrad", a.amsgrad());
+  }
+  static void apply(const StateDict& d, Options& a, const std::string& where) {
+    a.lr(number(d, "lr", where)).betas(betas(d, where)).eps(number(d, "eps", where));
+    a.weight_decay(number(d, "weight_decay", where)).amsgrad(flag(d, "amsgrad", where));
+  }
+  static void state_into(const State& a, StateDict& d, const Wrap& wrap) {
+    d.insert("step", a.step());
+    put(d, "exp_avg", a.exp_avg(), wrap);
+    put(d, "exp_avg_sq", a.exp_avg_sq(), wrap);
+    put(d, "max_exp_avg_sq", a.max_exp_avg_sq(), wrap);
+  }
+  static void fill(State& s, const StateDict& d, const Unwrap& unwrap, const std::string& where) {
+    s.step(step(d, where));
+    s.exp_avg(tensor(d, "exp_avg", unwrap, true, where));
+    s.exp_avg_sq(tensor(d, "exp_avg_sq", unwrap, true, where));
+    s.max_exp_avg_sq(tensor(d, "max_exp_avg_sq", unwrap, false, where));
+  }
+};
+
+struct SgdTraits {
+  using Options = optim::SGDOptions;
+  using State = optim::SGDParamState;
+  static void options_into(const Options& s, StateDict& d) {
+    d.insert("lr", s.lr());
+    d.insert("momentum", s.momentum());
+    d.insert("dampening", s.dampening());
+    d.insert("weight_decay", s.weight_decay());
+    d.insert("nesterov", s.nesterov());
+  }
+  static void apply(const StateDict& d, Options& s, const std::string& where) {
+    s.lr(number(d, "lr", where)).momentum(number(d, "momentum", where));
+    s.dampening(number(d, "dampening", where)).weight_decay(number(d, "weight_decay", where));
+    s.nesterov(flag(d, "nesterov", where));
+  }
+  static void state_into(const State& m, StateDict& d, const Wrap& wrap) {
+    put(d, "momentum_buffer", m.momentum_buffer(), wrap);
+  }
+  static void fill(State& s, const StateDict& d, const Unwrap& unwrap, const std::string& where) {
+    s.momentum_buffer(tensor(d, "momentum_buffer", unwrap, false, where));
+  }
+};
+
+struct AdagradTraits {
+  using Options = optim::AdagradOptions;
+  using State = optim::AdagradParamState;
+  static void options_into(const Options& g, StateDict& d) {
+    d.insert("lr", g.lr());
+    d.insert("lr_decay", g.lr_decay());
+    d.insert("weight_decay", g.weight_decay());
+    d.insert("initial_accumulator_value", g.initial_accumulator_value());
+    d.insert("eps", g.eps());
+  }
+  static void apply(const StateDict& d, Options& g, const std::string& where) {
+    g.lr(number(d, "lr", where)).lr_decay(number(d, "lr_decay", where));
+    g.weight_decay(number(d, "weight_decay", where));
+    g.initial_accumulator_value(number(d, "initial_accumulator_value", where));
+    g.eps(number(d, "eps", where));
+  }
+  static void state_into(const State& g, StateDict& d, const Wrap& wrap) {
+    d.insert("step", g.step());
+    put(d, "sum", g.sum(), wrap);
+  }
+  static void fill(State& s, const StateDict& d, const Unwrap& unwrap, const std::string& where) {
+    s.step(step(d, where));
+    s.sum(tensor(d, "sum", unwrap, true, where));
+  }
+};
+
+struct RmspropTraits {
+  using Options = optim::RMSpropOptions;
+  using State = optim::RMSpropParamState;
+  static void options_into(const Options& r, StateDict& d) {
+    d.insert("lr", r.lr());
+    d.insert("alpha", r.alpha());
+    d.insert("eps", r.eps());
+    d.insert("weight_decay", r.weight_decay());
+    d.insert("momentum", r.momentum());
+    d.insert("centered", r.centered());
+  }
+  static void apply(const StateDict& d, Options& r, const std::string& where) {
+    r.lr(number(d, "lr", where)).alpha(number(d, "alpha", where)).eps(number(d, "eps", where));
+    r.weight_decay(number(d, "weight_decay", where)).momentum(number(d, "momentum", where));
+    r.centered(flag(d, "centered", where));
+  }
+  static void state_into(const State& r, StateDict& d, const Wrap& wrap) {
+    d.insert("step", r.step());
+    put(d, "square_avg", r.square_avg(), wrap);
+    put(d, "momentum_buffer", r.momentum_buffer(), wrap);
+    put(d, "grad_avg", r.grad_avg(), wrap);
+  }
+  static void fill(State& s, const StateDict& d, const Unwrap& unwrap, const std::string& where) {
+    s.step(step(d, where));
+    s.square_avg(tensor(d, "square_avg", unwrap, true, where));
+    s.momentum_buffer(tensor(d, "momentum_buffer", unwrap, false, where));
+    s.grad_avg(tensor(d, "grad_avg", unwrap, false, where));
+  }
+};
+
+// A traits struct behind type-erased entry points: the table below is the only list.
+struct OptimizerKind {
+  bool (*owns_options)(const optim::OptimizerOptions&);
+  bool (*owns_state)(const optim::OptimizerParamState&);
+  void (*options_into)(const optim::OptimizerOptions&, StateDict&);
+  void (*apply)(const StateDict&, optim::OptimizerOptions&, const std::string&);
+  void (*state_into)(const optim::OptimizerParamState&, StateDict&, const Wrap&);
+  std::unique_ptr<optim::OptimizerParamState> (*make_state)(const StateDict&, const Unwrap&,
+                                                            const std::string&);
+};
+
+template <typename T>
+constexpr OptimizerKind kind_of() {
+  using O = typename T::Options;
+  using S = typename T::State;
+  return {
+      [](const optim::OptimizerOptions& o) { return dynamic_cast<const O*>(&o) != nullptr; },
+      [](const optim::OptimizerParamState& s) { return dynamic_cast<const S*>(&s) != nullptr; },
+      [](const optim::OptimizerOptions& o, StateDict& d) {
+        T::options_into(static_cast<const O&>(o), d);
+      },
+      [](const StateDict& d, optim::OptimizerOptions& o, const std::string& where) {
+        T::apply(d, static_cast<O&>(o), where);
+      },
+      [](const optim::OptimizerParamState& s, StateDict& d, const Wrap& wrap) {
+        T::state_into(static_cast<const S&>(s), d, wrap);
+      },
+      [](const StateDict& d, const Unwrap& unwrap, const std::string& where)
+          -> std::unique_ptr<optim::OptimizerParamState> {
+        auto s = std::make_unique<S>();
+        T::fill(*s, d, unwrap, where);
+        return s;
+      }};
+}
+
+const OptimizerKind kKinds[] = {
+    kind_of<AdamLike<optim::AdamOptions, optim::AdamParamState>>(),
+    kind_of<AdamLike<optim::AdamWOptions, optim::AdamWParamState>>(),
+    kind_of<SgdTraits>(),
+    kind_of<AdagradTraits>(),
+    kind_of<RmspropTraits>(),
+};
+constexpr const char* kSupported = "only SGD, Adam, AdamW, Adagrad and RMSprop";
+
+const OptimizerKind& kind_of_options(const optim::OptimizerOptions& o) {
+  for (const auto& k : kKinds) {
+    if (k.owns_options(o)) return k;
+  }
+  throw StateDictError(std::string("unsupported optimizer: ") + kSupported);
+}
+
+StateDict options_dict(const optim::OptimizerOptions& o) {
+  StateDict d;
+  kind_of_options(o).options_into(o, d);
+  return d;
+}
+
+void apply_options(const StateDict& d, optim::OptimizerOptions& o, const std::string& where) {
+  kind_of_options(o).apply(d, o, where);
+}
+
+StateDict state_dict_of(const optim::OptimizerParamState& s, const Wrap& wrap) {
+  for (const auto& k : kKinds) {
+    if (k.owns_state(s)) {
+      StateDict d;
+      k.state_into(s, d, wrap);
+      return d;
+    }
+  }
+  throw StateDictError(std::string("unsupported optimizer state: ") + kSupported);
 }
 
 std::unique_ptr<optim::OptimizerParamState> make_state(const optim::OptimizerOptions& o,
                                                        const StateDict& d, const Unwrap& unwrap,
                                                        const std::string& where) {
-  if (dynamic_cast<const optim::AdamOptions*>(&o) != nullptr) {
-    return make_adam_state<optim::AdamParamState>(d, unwrap, where);
-  }
-  if (dynamic_cast<const optim::AdamWOptions*>(&o) != nullptr) {
-    return make_adam_state<optim::AdamWParamState>(d, unwrap, where);
-  }
-  if (dynamic_cast<const optim::SGDOptions*>(&o) != nullptr) {
-    auto s = std::make_unique<optim::SGDParamState>();
-    s->momentum_buffer(tensor(d, "momentum_buffer", unwrap, false, where));
-    return s;
-  }
-  if (dynamic_cast<const optim::AdagradOptions*>(&o) != nullptr) {
-    auto s = std::make_unique<optim::AdagradParamState>();
-    s->step(step(d, where));
-    s->sum(tensor(d, "sum", unwrap, true, where));
-    return s;
-  }
-  if (dynamic_cast<const optim::RMSpropOptions*>(&o) != nullptr) {
-    auto s = std::make_unique<optim::RMSpropParamState>();
-    s->step(step(d, where));
-    s->square_avg(tensor(d, "square_avg", unwrap, true, where));
-    s->momentum_buffer(tensor(d, "momentum_buffer", unwrap, false, where));
-    s->grad_avg(tensor(d, "grad_avg", unwrap, false, where));
-    return s;
-  }
-  throw StateDictError("unsupported optimizer: only SGD, Adam, AdamW, Adagrad and RMSprop");
+  return kind_of_options(o).make_state(d, unwrap, where);
 }
 
 std::vector<std::string> fqns_of_group(const optim::OptimizerParamGroup& group,

@@ -16,7 +16,8 @@
 #include "c10dtest/error.hpp"
 #include "c10dtest/optimizer_state_dict.hpp"
 #include "c10dtest/testing/modules.hpp"
-#include "c10dtest/world.hpp"
+#include "c10dtest/context.hpp"
+#include "common/tensor.hpp"
 
 namespace c10dtest::testing {
 
@@ -55,12 +56,8 @@ at::Tensor local_piece(const at::Tensor& full, const ParamLayout& layout) {
   std::vector<std::int64_t> shape;
   std::vector<std::int64_t> offset;
   detail::local_extent(layout.global_shape, layout.placements, *layout.mesh,
-                       layout.mesh->coordinate_of(World::instance().rank()), &shape, &offset);
-  at::Tensor t = full;
-  for (std::size_t d = 0; d < shape.size(); ++d) {
-    t = t.narrow(static_cast<std::int64_t>(d), offset[d], shape[d]);
-  }
-  return t;
+                       layout.mesh->coordinate_of(layout.mesh->my_rank()), &shape, &offset);
+  return detail::slice_block(full, shape, offset);
 }
 
 // Sums `tensors` (replaced by the sums) and `flags` over `group`: one all-reduce per dtype, the
@@ -178,7 +175,7 @@ DataParallelTrainer::DataParallelTrainer(ModelSpec spec, Parallelism kind,
   module_->to(device_);
   params_ = unique_named_parameters(*module_);
   if (kind_ != Parallelism::Local) {
-    const std::int64_t world = World::instance().world_size();
+    const std::int64_t world = current_context()->world_size();
     std::vector<Placement> sharded{Shard{0}};
     std::vector<Placement> replicated{Replicate{}};
     if (kind_ == Parallelism::HSDP) {
@@ -267,7 +264,7 @@ void DataParallelTrainer::step(const at::Tensor& input) {
   at::Tensor batch = input.to(device_);
   if (kind_ != Parallelism::Local) {
     const ChunkExtent rows = chunk_extent(input.size(0), mesh_->numel(),
-                                          static_cast<std::int64_t>(World::instance().rank()));
+                                          static_cast<std::int64_t>(mesh_->my_rank()));
     batch = input.narrow(0, rows.offset, rows.length);
   }
   const bool sharded = kind_ == Parallelism::FSDP || kind_ == Parallelism::HSDP;
@@ -326,7 +323,7 @@ TensorParallelTrainer::TensorParallelTrainer(std::int64_t in, std::int64_t hidde
     : model_(in, hidden, out) {
   module_ = model_.ptr();
   if (!local) {
-    mesh_ = DeviceMesh::create({World::instance().world_size()});
+    mesh_ = DeviceMesh::create({current_context()->world_size()});
     layouts_["fc.weight"] = {mesh_, {Shard{0}}, {hidden, in}};
     layouts_["fc.bias"] = {mesh_, {Shard{0}}, {hidden}};
     layouts_["fc1.weight"] = {mesh_, {Shard{1}}, {out, hidden}};

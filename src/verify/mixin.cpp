@@ -194,7 +194,8 @@ namespace detail {
   }
   // Every rank learns whether the reference could be read and how many groups it has.
   const auto all =
-      detail::exchange_text("verify-osd", error.empty() ? std::to_string(groups) : "!" + error);
+      detail::exchange_text(detail::verify_context(options, dist_osd).get(), "verify-osd",
+                            error.empty() ? std::to_string(groups) : "!" + error);
   std::vector<std::string> errors;
   for (const auto& a : all) {
     errors.push_back(a.rfind('!', 0) == 0 ? a.substr(1) : "");
@@ -261,14 +262,17 @@ namespace detail {
 ::testing::AssertionResult VerifyStateDictMixin::verify_osd_by_load(
     const torch::nn::Module& model, const torch::optim::Optimizer& optim,
     torch::optim::Optimizer& new_optim, const StateDict& dist_osd) {
-  const StateDict full = gather_state_dict(dist_osd);  // collective
+  GatherOptions gather;
+  gather.context = verify_options_.context;
+  const StateDict full = gather_state_dict(dist_osd, gather);  // collective
   std::string error;
   try {
     set_optimizer_state_dict(model, new_optim, full);
   } catch (const Error& e) {
     error = e.what();
   }
-  const auto errors = detail::exchange_text("verify-osd-load", error);
+  const ContextPtr context = detail::verify_context(verify_options_, dist_osd);
+  const auto errors = detail::exchange_text(context.get(), "verify-osd-load", error);
   if (any_error(errors)) {
     return failure_on_some_rank("loading the gathered optimizer state dict", errors);
   }

@@ -8,6 +8,7 @@
 #include <limits>
 #include <sstream>
 
+#include "common/tensor.hpp"
 #include "common/text.hpp"
 
 namespace c10dtest::detail {
@@ -304,12 +305,7 @@ MismatchStats scan_piece(const at::Tensor& whole, const at::Tensor& actual,
       return s;
     }
   }
-  at::Tensor slice = whole;
-  for (std::size_t d = 0; d < offsets.size() && d < sizes.size(); ++d) {
-    if (offsets[d] == 0 && sizes[d] == slice.size(static_cast<std::int64_t>(d))) continue;
-    slice = slice.narrow(static_cast<std::int64_t>(d), offsets[d], sizes[d]);
-  }
-  return scan(slice, actual, tol, offsets);
+  return scan(slice_block(whole, sizes, offsets), actual, tol, offsets);
 }
 
 std::string describe(const MismatchStats& s) {

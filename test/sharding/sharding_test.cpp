@@ -188,18 +188,18 @@ TEST_F(DTensorRoundTrip, BadPlacementsAreNamed) {
   try {
     c10dtest::distribute_tensor(at::ones({3}), mesh, {Shard{1}});
     FAIL() << "expected an error";
-  } catch (const c10dtest::ConfigError& e) {
+  } catch (const c10dtest::ShardingError& e) {
     EXPECT_NE(std::string(e.what()).find("Shard(1) is outside a tensor of shape [3]"),
               std::string::npos)
         << e.what();
   }
   EXPECT_THROW(c10dtest::distribute_tensor(at::ones({3}), mesh, {Shard{0}, Shard{0}}),
-               c10dtest::ConfigError);
+               c10dtest::ShardingError);
   // A local piece of the wrong shape is refused, naming both shapes.
   try {
     c10dtest::DTensor(at::ones({5}), mesh, {Replicate{}}, {4});
     FAIL() << "expected an error";
-  } catch (const c10dtest::ConfigError& e) {
+  } catch (const c10dtest::ShardingError& e) {
     EXPECT_NE(std::string(e.what()).find("holds a local tensor of shape [5] but [Replicate()] of "
                                          "global shape [4] gives it [4]"),
               std::string::npos)

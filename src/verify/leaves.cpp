@@ -1,0 +1,215 @@
+#include "leaves.hpp"
+
+#include <charconv>
+
+#include "c10dtest/dtensor.hpp"
+#include "c10dtest/sharded_tensor.hpp"
+#include "common/text.hpp"
+
+namespace c10dtest::detail::verifier {
+
+// ---------------------------------------------------------------------------------------------
+// Leaves of the distributed dict.
+
+std::string double_text(double v) {
+  char buf[64];
+  const auto r = std::to_chars(buf, buf + sizeof(buf), v);
+  return std::string(buf, r.ptr);
+}
+
+bool is_plain(const StateValue& v) {
+  return !v.is_tensor_like() && !v.is<StateList>() && !v.is<StateDict>();
+}
+
+std::string plain_text(const StateValue& v) {
+  if (v.is<StateNone>()) return "None";
+  if (v.is<bool>()) return v.as<bool>() ? "True" : "False";
+  if (v.is<std::int64_t>()) return std::to_string(v.as<std::int64_t>());
+  if (v.is<double>()) return double_text(v.as<double>());
+  if (v.is<std::string>()) return "'" + v.as<std::string>() + "'";
+  std::string out = "[";
+  const auto& l = v.as<StateList>();
+  for (std::size_t i = 0; i < l.size(); ++i) out += (i ? ", " : "") + plain_text(l[i]);
+  return out + "]";
+}
+
+bool plain_list(const StateValue& v) {
+  if (!v.is<StateList>()) return false;
+  for (const auto& e : v.as<StateList>()) {
+    if (!is_plain(e)) return false;
+  }
+  return true;
+}
+
+void walk(const StateValue& v, const std::string& path,
+          std::vector<std::pair<std::string, const StateValue*>>* out) {
+  if (v.is<StateDict>() && !v.as<StateDict>().empty()) {
+    const auto& d = v.as<StateDict>();
+    for (std::size_t i = 0; i < d.size(); ++i) {
+      walk(d.value(i), path.empty() ? d.keys()[i] : path + "." + d.keys()[i], out);
+    }
+  } else if (v.is<StateList>() && !plain_list(v)) {
+    const auto& l = v.as<StateList>();
+    for (std::size_t i = 0; i < l.size(); ++i) walk(l[i], path + "." + std::to_string(i), out);
+  } else {
+    out->push_back({path, &v});
+  }
+}
+
+FlatDict flatten(const StateDict& sd) {
+  FlatDict out;
+  for (std::size_t i = 0; i < sd.size(); ++i) walk(sd.value(i), sd.keys()[i], &out);
+  return out;
+}
+
+std::vector<std::int64_t> zeros_like_shape(at::IntArrayRef shape) {
+  return std::vector<std::int64_t>(shape.size(), 0);
+}
+
+std::string layout_of(const LeafInfo& leaf) {
+  if (leaf.source == nullptr || !leaf.layout.empty()) return leaf.layout;
+  if (leaf.source->is<DTensor>()) return to_string(leaf.source->as<DTensor>().placements());
+  if (leaf.source->is<ShardedTensor>()) {
+    return std::to_string(leaf.source->as<ShardedTensor>().metadata().shards.size()) + " shards";
+  }
+  return "";
+}
+
+LeafInfo describe_leaf(const std::string& path, const StateValue& v, int world_rank) {
+  LeafInfo leaf;
+  leaf.path = path;
+  leaf.source = &v;
+  leaf.type = v.type_name();
+  if (v.is<at::Tensor>()) {
+    const at::Tensor& t = v.as<at::Tensor>();
+    leaf.tensor = true;
+    if (!t.defined()) {
+      leaf.problem = "holds an undefined tensor";
+      return leaf;
+    }
+    leaf.shape = t.sizes().vec();
+    leaf.dtype = static_cast<int>(t.scalar_type());
+    leaf.device = t.device();
+    leaf.pieces.push_back({zeros_like_shape(t.sizes()), t.sizes().vec(), t});
+  } else if (v.is<DTensor>()) {
+    const DTensor& d = v.as<DTensor>();
+    leaf.tensor = true;
+    leaf.shape = d.global_shape();
+    leaf.dtype = static_cast<int>(d.dtype());
+    leaf.device = d.local().device();
+    for (const auto& p : d.placements()) {
+      if (std::holds_alternative<Partial>(p)) {
+        leaf.problem = "holds a Partial placement: verify its full_tensor() instead";
+        return leaf;
+      }
+    }
+    const auto& ranks = d.mesh()->ranks();
+    if (std::find(ranks.begin(), ranks.end(), world_rank) != ranks.end()) {
+      Piece piece;
+      detail::local_extent(d.global_shape(), d.placements(), *d.mesh(),
+                           d.mesh()->coordinate_of(world_rank), &piece.sizes, &piece.offsets);
+      piece.tensor = d.local();
+      leaf.pieces.push_back(std::move(piece));
+    }
+  } else if (v.is<ShardedTensor>()) {
+    const ShardedTensor& s = v.as<ShardedTensor>();
+    leaf.tensor = true;
+    leaf.shape = s.metadata().global_shape;
+    leaf.dtype = static_cast<int>(s.metadata().dtype);
+    try {
+      validate_tiling(s.metadata(), s.process_group() ? s.process_group()->getSize() : 1);
+    } catch (const ShardingError& e) {
+      leaf.problem = std::string("shards do not tile the tensor: ") + e.what();
+    }
+    for (const auto& shard : s.local_shards()) {
+      if (leaf.pieces.empty()) leaf.device = shard.tensor.device();
+      leaf.pieces.push_back({shard.metadata.offsets, shard.metadata.sizes, shard.tensor});
+    }
+  } else {
+    leaf.scalar = v.is<StateDict>() ? "{}" : plain_text(v);
+    if (v.is<StateList>()) {
+      leaf.type = "list";
+      for (const auto& e : v.as<StateList>()) leaf.elements.push_back(plain_text(e));
+    }
+  }
+  return leaf;
+}
+
+std::vector<LeafInfo> describe_dict(const StateDict& sd, int world_rank) {
+  const auto flat = flatten(sd);
+  std::vector<LeafInfo> out;
+  out.reserve(flat.size());
+  for (const auto& [path, v] : flat) out.push_back(describe_leaf(path, *v, world_rank));
+  return out;
+}
+
+void put_ints(std::string& out, const std::vector<std::int64_t>& v) {
+  put_field(out, std::to_string(v.size()));
+  for (auto x : v) put_field(out, std::to_string(x));
+}
+
+std::vector<std::int64_t> read_ints(detail::FieldReader& r) {
+  const auto n = r.number();
+  std::vector<std::int64_t> v;
+  for (long long i = 0; i < n; ++i) v.push_back(r.number());
+  return v;
+}
+
+std::string encode_leaves(const std::vector<LeafInfo>& leaves) {
+  std::string out;
+  put_field(out, std::to_string(leaves.size()));
+  for (const auto& l : leaves) {
+    put_field(out, l.path);
+    put_field(out, l.type);
+    put_field(out, l.tensor ? "1" : "0");
+    put_ints(out, l.shape);
+    put_field(out, std::to_string(l.dtype));
+    put_field(out, l.device.str());
+    put_field(out, layout_of(l));
+    put_field(out, l.problem);
+    put_field(out, l.scalar);
+    put_field(out, std::to_string(l.elements.size()));
+    for (const auto& e : l.elements) put_field(out, e);
+    put_field(out, std::to_string(l.pieces.size()));
+    for (const auto& p : l.pieces) {
+      put_ints(out, p.offsets);
+      put_ints(out, p.sizes);
+    }
+  }
+  return out;
+}
+
+std::vector<LeafInfo> decode_leaves(const std::string& data) {
+  detail::FieldReader r(data, "state-dict description");
+  std::vector<LeafInfo> leaves(static_cast<std::size_t>(r.number()));
+  for (auto& l : leaves) {
+    l.path = r.next();
+    l.type = r.next();
+    l.tensor = r.next() == "1";
+    l.shape = read_ints(r);
+    l.dtype = static_cast<int>(r.number());
+    l.device = c10::Device(r.next());
+    l.layout = r.next();
+    l.problem = r.next();
+    l.scalar = r.next();
+    l.elements.resize(static_cast<std::size_t>(r.number()));
+    for (auto& e : l.elements) e = r.next();
+    l.pieces.resize(static_cast<std::size_t>(r.number()));
+    for (auto& p : l.pieces) {
+      p.offsets = read_ints(r);
+      p.sizes = read_ints(r);
+    }
+  }
+  return leaves;
+}
+
+std::string leaf_text(const LeafInfo& leaf) {
+  return leaf.type + " " + shape_text(leaf.shape) + " " +
+         c10::toString(static_cast<at::ScalarType>(leaf.dtype)) +
+         [&] {
+           const std::string layout = layout_of(leaf);
+           return layout.empty() ? layout : " " + layout;
+         }();
+}
+
+}  // namespace c10dtest::detail::verifier

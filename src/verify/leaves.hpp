@@ -1,0 +1,59 @@
+// Private (the verifier): each rank's distributed dict described as leaves (path, type, global
+// shape, dtype, layout, this rank's pieces with their global offsets), and their codec.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "c10dtest/state_dict.hpp"
+#include "common/fields.hpp"
+
+namespace c10dtest::detail::verifier {
+
+struct Piece {
+  std::vector<std::int64_t> offsets;
+  std::vector<std::int64_t> sizes;
+  at::Tensor tensor;  // only on the owning rank
+};
+
+struct LeafInfo {
+  std::string path;
+  std::string type;  // StateValue::type_name(), "list" for a list of plain values
+  bool tensor = false;
+  std::vector<std::int64_t> shape;
+  int dtype = 0;
+  c10::Device device = c10::kCPU;
+  // "[Shard(0)]", "3 shards", "" for a plain tensor: see layout_of(). Written from `source` only
+  // when needed (a report or a gather): most keys never need it.
+  std::string layout;
+  const StateValue* source = nullptr;  // on the describing rank only
+  std::string problem;  // a layout fault found by the owner (shards that do not tile, ...)
+  std::string scalar;   // canonical text of a plain value
+  std::vector<std::string> elements;  // of a list of plain values: each element's text
+  std::vector<Piece> pieces;
+};
+
+using FlatDict = std::vector<std::pair<std::string, const StateValue*>>;
+
+// The leaves of `sd` by path ("state.l1.weight.exp_avg"); a list of plain values is one leaf.
+FlatDict flatten(const StateDict& sd);
+// Canonical text of a plain value (or a list of them): equal texts mean equal values.
+std::string plain_text(const StateValue& v);
+// The layout text of a leaf described here or received from another rank.
+std::string layout_of(const LeafInfo& leaf);
+// "DTensor [7, 5] Float [Shard(0)]".
+std::string leaf_text(const LeafInfo& leaf);
+
+// This rank's leaves of `sd`, with its pieces as `world_rank` holds them.
+std::vector<LeafInfo> describe_dict(const StateDict& sd, int world_rank);
+std::string encode_leaves(const std::vector<LeafInfo>& leaves);
+std::vector<LeafInfo> decode_leaves(const std::string& data);
+
+void put_ints(std::string& out, const std::vector<std::int64_t>& v);
+std::vector<std::int64_t> read_ints(FieldReader& r);
+
+}  // namespace c10dtest::detail::verifier
