@@ -42,10 +42,30 @@ std::vector<std::string> detail::exchange_text(Context* context, const std::stri
   return context->all_gather_text(what, value);
 }
 
+namespace {
+
+// The context of the first DTensor's mesh in `v`, depth first; nullptr when there is none.
+ContextPtr first_mesh_context(const StateValue& v) {
+  if (v.is<DTensor>()) return v.as<DTensor>().mesh()->context();
+  if (v.is<StateDict>()) {
+    const auto& d = v.as<StateDict>();
+    for (std::size_t i = 0; i < d.size(); ++i) {
+      if (ContextPtr c = first_mesh_context(d.value(i))) return c;
+    }
+  } else if (v.is<StateList>()) {
+    for (const auto& e : v.as<StateList>()) {
+      if (ContextPtr c = first_mesh_context(e)) return c;
+    }
+  }
+  return nullptr;
+}
+
+}  // namespace
+
 ContextPtr detail::verify_context(const VerifyOptions& options, const StateDict& dist) {
   if (options.context) return options.context;
-  for (const auto& [path, v] : detail::verifier::flatten(dist)) {
-    if (v->is<DTensor>()) return v->as<DTensor>().mesh()->context();
+  for (std::size_t i = 0; i < dist.size(); ++i) {
+    if (ContextPtr c = first_mesh_context(dist.value(i))) return c;
   }
   return has_context() ? current_context() : nullptr;
 }

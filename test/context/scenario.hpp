@@ -1,8 +1,8 @@
 // The layers below the runner on a context the program made (context.hpp): a 2-D mesh, DTensor
 // round trips, a ShardedTensor, gather_state_dict and verify_state_dict passing and failing. Each
 // rank runs it with its own context; every step records what it saw, and the caller checks that
-// every rank saw the same verdicts. Used by ranks as threads (threads_test.cpp) and ranks as
-// processes under mpirun (processes_main.cpp).
+// every rank saw the same verdicts. Used by ranks as threads (threads_test.cpp) and by ranks as
+// processes in the runner (processes_test.cpp), which compares the two.
 #pragma once
 
 #include <c10dtest/context.hpp>
@@ -10,8 +10,11 @@
 #include <c10dtest/dtensor.hpp>
 #include <c10dtest/sharded_tensor.hpp>
 #include <c10dtest/verify.hpp>
+#include <torch/csrc/distributed/c10d/HashStore.hpp>
 
+#include <chrono>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace c10dtest::scenario {
@@ -107,6 +110,37 @@ inline Outcome run(const ContextPtr& context, int planted_rank) {
   expect(!gathered, "the gather strategy passed despite the planted difference");
   out.gather_message = gathered.message();
   return out;
+}
+
+constexpr int kRanks = 4;
+
+// The scenario with kRanks threads of this process as the ranks (one HashStore, one context per
+// thread; `scoped`: each thread installs its context with ScopedContext).
+inline std::vector<Outcome> run_as_threads(int planted_rank, bool scoped) {
+  auto store = c10::make_intrusive<c10d::HashStore>();
+  std::vector<Outcome> outcomes(kRanks);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < kRanks; ++r) {
+    threads.emplace_back([&, r] {
+      try {
+        ContextOptions options;
+        options.group.timeout = std::chrono::seconds(60);
+        const ContextPtr context = make_context(store, r, kRanks, options);
+        if (scoped) {
+          // The functions that take no context (gather, verify) use this thread's.
+          ScopedContext use(context);
+          outcomes[static_cast<std::size_t>(r)] = run(context, planted_rank);
+        } else {
+          outcomes[static_cast<std::size_t>(r)] = run(context, planted_rank);
+        }
+      } catch (const std::exception& e) {
+        outcomes[static_cast<std::size_t>(r)].rank = r;
+        outcomes[static_cast<std::size_t>(r)].problems.push_back(std::string("threw: ") + e.what());
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  return outcomes;
 }
 
 }  // namespace c10dtest::scenario

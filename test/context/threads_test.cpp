@@ -3,43 +3,14 @@
 // c10dtest::main: meshes, DTensors, gather and verify get every rank and group from the context
 // they are given, none from a process-global world.
 #include <gtest/gtest.h>
-#include <torch/csrc/distributed/c10d/HashStore.hpp>
-
-#include <thread>
 
 #include "scenario.hpp"
 
 namespace c10dtest {
 namespace {
 
-constexpr int kRanks = 4;
-
-std::vector<scenario::Outcome> run_as_threads(int planted_rank, bool scoped) {
-  auto store = c10::make_intrusive<c10d::HashStore>();
-  std::vector<scenario::Outcome> outcomes(kRanks);
-  std::vector<std::thread> threads;
-  for (int r = 0; r < kRanks; ++r) {
-    threads.emplace_back([&, r] {
-      try {
-        ContextOptions options;
-        options.group.timeout = std::chrono::seconds(60);
-        const ContextPtr context = make_context(store, r, kRanks, options);
-        if (scoped) {
-          // The functions that take no context (gather, verify) use this thread's.
-          ScopedContext use(context);
-          outcomes[static_cast<std::size_t>(r)] = scenario::run(context, planted_rank);
-        } else {
-          outcomes[static_cast<std::size_t>(r)] = scenario::run(context, planted_rank);
-        }
-      } catch (const std::exception& e) {
-        outcomes[static_cast<std::size_t>(r)].rank = r;
-        outcomes[static_cast<std::size_t>(r)].problems.push_back(std::string("threw: ") + e.what());
-      }
-    });
-  }
-  for (auto& t : threads) t.join();
-  return outcomes;
-}
+using scenario::kRanks;
+using scenario::run_as_threads;
 
 void expect_same_verdicts(const std::vector<scenario::Outcome>& outcomes, int planted_rank) {
   ASSERT_EQ(outcomes.size(), static_cast<std::size_t>(kRanks));
