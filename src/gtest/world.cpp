@@ -263,7 +263,10 @@ int World::stop(int exit_code) {
   int code = exit_code;
   bool together = false;  // every rank reached the end
   detail::set_current_activity("during shutdown");
-  report_->begin("c10dtest", "shutdown", "", 0, "shutdown");
+  // The report's record of what runs now is left alone: after a normal end the listener has
+  // begun "shutdown" already, and after an exception that escaped the run (a store that failed
+  // because rank 0 died) the test it interrupted is what a fault report must name, even when
+  // this thread gets here before the lifeline has reported the death.
   try {
     for (const auto& c : control_->all_gather("exit", std::to_string(exit_code),
                                               options_.rendezvous_timeout)) {
