@@ -39,8 +39,14 @@ class DTensor {
   std::vector<std::int64_t> global_offset_of(int world_rank) const;
 
   // The whole tensor on every rank of the mesh (collective over the mesh, one allgather).
-  // Partial placements are summed; exact for every dtype otherwise. On the local tensor's device.
+  // Partial placements are reduced by their op (in mesh-dim order); exact for every dtype
+  // otherwise. On the local tensor's device. ShardingError on a rank outside the mesh.
   at::Tensor full_tensor() const;
+  // The same tensor with every Partial placement made Replicate: each member reduces its piece
+  // along the Partial mesh dims (collective over those dims' groups, one allgather each), as
+  // PyTorch's redistribute(Partial -> Replicate) does. Shard and Replicate dims are left alone;
+  // a rank outside the mesh gets the DTensor back with the new placements (no communication).
+  DTensor reduce_partials() const;
   // The same data with every placement Replicate (collective).
   DTensor redistribute_to_replicate() const;
 
@@ -56,8 +62,10 @@ class DTensor {
 
 // Lays `full` out over `mesh`. With `source_rank` unset every rank of the mesh must pass the same
 // full tensor; with a source rank only that rank's `full` is read (others may pass an undefined
-// tensor) and it is broadcast over the mesh first. Partial: the mesh coordinate 0 holds the value,
-// the others zeros. Ranks outside the mesh get an undefined local tensor. Local pieces stay on
+// tensor) and it is broadcast over the mesh first. Partial(sum): the mesh coordinate 0 holds the
+// value, the others zeros; product: the others ones; avg, max and min: every coordinate holds the
+// value. Ranks outside the mesh get an empty local tensor of `full`'s dtype and device (as
+// PyTorch), or an undefined one with a source rank (they never see the source's tensor). Local pieces stay on
 // `full`'s device; with a source rank they land on the mesh's device (DeviceMesh::device(), as
 // PyTorch puts them on the mesh's device type), wherever the source's tensor was.
 DTensor distribute_tensor(const at::Tensor& full, std::shared_ptr<const DeviceMesh> mesh,

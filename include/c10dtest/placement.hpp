@@ -1,6 +1,7 @@
 // Placements of a distributed tensor along one mesh dimension, as in PyTorch's DTensor:
 // Shard(dim) splits tensor dim `dim` with torch.chunk semantics, Replicate copies the whole
-// tensor, Partial(sum) holds addends whose sum is the tensor.
+// tensor, Partial(op) holds values whose reduction (sum, by default) over the mesh dimension is
+// the tensor.
 #pragma once
 
 #include <cstdint>
@@ -17,14 +18,20 @@ struct Shard {
 struct Replicate {
   bool operator==(const Replicate&) const { return true; }
 };
-// Only the sum reduction is supported.
+// PyTorch's Partial(reduce_op): "sum" (the default), "avg", "product", "max" and "min". Reducing
+// a bool tensor: sum and max are "or", product and min are "and"; avg needs a floating or
+// complex dtype.
+enum class PartialOp { kSum, kAvg, kProduct, kMax, kMin };
 struct Partial {
-  bool operator==(const Partial&) const { return true; }
+  PartialOp op = PartialOp::kSum;
+  bool operator==(const Partial& o) const { return op == o.op; }
 };
+// "sum", "avg", "product", "max", "min".
+const char* to_string(PartialOp op);
 
 using Placement = std::variant<Shard, Replicate, Partial>;
 
-// "Shard(0)", "Replicate()", "Partial(sum)"; lists as "[Shard(0), Replicate()]".
+// "Shard(0)", "Replicate()", "Partial(sum)", "Partial(max)"; lists as "[Shard(0), Replicate()]".
 std::string to_string(const Placement& p);
 std::string to_string(const std::vector<Placement>& ps);
 

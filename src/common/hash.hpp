@@ -16,4 +16,12 @@ inline std::uint64_t fnv1a(const std::string& s, std::uint64_t h = kFnvOffset) {
   return h;
 }
 
+// The hash as 16 hex digits.
+inline std::string hex_hash(std::uint64_t h) {
+  static const char* digits = "0123456789abcdef";
+  std::string out(16, '0');
+  for (int i = 15; i >= 0; --i, h >>= 4) out[static_cast<std::size_t>(i)] = digits[h & 15];
+  return out;
+}
+
 }  // namespace c10dtest::detail

@@ -25,4 +25,7 @@ inline std::string rank_list(const std::vector<int>& ranks) {
   return s;
 }
 
+// The first line of an exception's text (LibTorch appends a C++ stack to c10::Error's).
+inline std::string first_line(const std::string& what) { return what.substr(0, what.find('\n')); }
+
 }  // namespace c10dtest::detail

@@ -1,5 +1,6 @@
 #include "c10dtest/dtensor.hpp"
 
+#include <cstring>
 #include <sstream>
 
 #include "assemble.hpp"
@@ -36,6 +37,54 @@ bool has_partial(const std::vector<Placement>& placements) {
   return false;
 }
 
+// A Partial op this dtype cannot be reduced by: named before any collective, on every member.
+void check_partial_dtype(const std::vector<Placement>& placements, at::ScalarType dtype) {
+  for (const auto& p : placements) {
+    const auto* partial = std::get_if<Partial>(&p);
+    if (partial == nullptr) continue;
+    const bool complex = at::isComplexType(dtype);
+    const bool floating = at::isFloatingType(dtype) || complex;
+    if (partial->op == PartialOp::kAvg && !floating) {
+      throw ShardingError("DTensor: " + to_string(p) + " needs a floating or complex dtype, not " +
+                          c10::toString(dtype));
+    }
+    if ((partial->op == PartialOp::kMax || partial->op == PartialOp::kMin) && complex) {
+      throw ShardingError("DTensor: " + to_string(p) + " cannot order a complex dtype (" +
+                          c10::toString(dtype) + ")");
+    }
+  }
+}
+
+// acc = acc (op) piece, in place; a bool tensor's sum and max are "or", product and min "and".
+// Avg sums here; the caller divides once at the end.
+void combine(at::Tensor& acc, const at::Tensor& piece, PartialOp op) {
+  const bool boolean = acc.scalar_type() == at::kBool;
+  switch (op) {
+    case PartialOp::kSum:
+    case PartialOp::kAvg:
+      if (boolean) acc.logical_or_(piece); else acc.add_(piece);
+      break;
+    case PartialOp::kProduct:
+      if (boolean) acc.logical_and_(piece); else acc.mul_(piece);
+      break;
+    case PartialOp::kMax:
+      if (boolean) acc.logical_or_(piece); else acc.copy_(at::maximum(acc, piece));
+      break;
+    case PartialOp::kMin:
+      if (boolean) acc.logical_and_(piece); else acc.copy_(at::minimum(acc, piece));
+      break;
+  }
+}
+
+// Reduces `pieces` (the values along one Partial mesh dimension, in coordinate order) by `op`.
+// full_tensor() and the verifier both reduce through here, so their results agree bit for bit.
+at::Tensor reduce_pieces(const std::vector<at::Tensor>& pieces, PartialOp op) {
+  at::Tensor acc = pieces.front().clone();
+  for (std::size_t i = 1; i < pieces.size(); ++i) combine(acc, pieces[i], op);
+  if (op == PartialOp::kAvg) acc.div_(static_cast<double>(pieces.size()));
+  return acc;
+}
+
 }  // namespace
 
 namespace detail {
@@ -70,6 +119,7 @@ DTensor::DTensor(at::Tensor local, std::shared_ptr<const DeviceMesh> mesh,
   // A rank outside the mesh holds nothing (and may not know the global shape).
   if (!mesh_->contains(me)) return;
   check_placements(placements_, *mesh_, global_shape_);
+  if (local_.defined()) check_partial_dtype(placements_, local_.scalar_type());
   const auto expected = local_shape_of(me);
   if (!local_.defined() || local_.sizes().vec() != expected) {
     throw ShardingError("DTensor: rank " + std::to_string(me) + " holds a local tensor of shape " +
@@ -119,39 +169,99 @@ at::Tensor my_piece(const DTensor& t) { return as_bytes(t.local()); }
 at::Tensor assemble(const DTensor& t, const std::vector<at::Tensor>& pieces) {
   const auto& mesh = *t.mesh();
   const auto& placements = t.placements();
-  const bool partial = has_partial(placements);
-  // Shard and Replicate pieces cover every element once; only sums need a zeroed start.
-  at::Tensor full = partial ? at::zeros(t.global_shape(), t.local().options())
-                            : at::empty(t.global_shape(), t.local().options());
+  at::Tensor full = at::empty(t.global_shape(), t.local().options());
+  // Every mesh position's piece, by its row-major index; on the result's device.
+  std::vector<at::Tensor> piece(mesh.ranks().size());
+  std::vector<std::vector<std::int64_t>> offsets(mesh.ranks().size());
   for (std::size_t i = 0; i < mesh.ranks().size(); ++i) {
-    const auto coord = mesh.coordinate_of(mesh.ranks()[i]);
-    // A replica is counted once: only coordinate 0 along Replicate dims contributes.
+    std::vector<std::int64_t> shape;
+    local_extent(t.global_shape(), placements, mesh, mesh.coordinate_of(mesh.ranks()[i]), &shape,
+                 &offsets[i]);
+    piece[i] = from_bytes(pieces[i], t.dtype(), shape).to(full.device());
+  }
+  // Partial dims are reduced one at a time, in mesh-dim order, into coordinate 0 along them:
+  // as DTensor::reduce_partials() does, so both give the same bits.
+  std::int64_t stride = static_cast<std::int64_t>(mesh.ranks().size());
+  std::vector<std::int64_t> strides(static_cast<std::size_t>(mesh.ndim()));
+  for (int m = 0; m < mesh.ndim(); ++m) {
+    stride /= mesh.size(m);
+    strides[static_cast<std::size_t>(m)] = stride;
+  }
+  auto coordinate = [&](std::size_t i, int m) {
+    return (static_cast<std::int64_t>(i) / strides[static_cast<std::size_t>(m)]) % mesh.size(m);
+  };
+  for (int m = 0; m < mesh.ndim(); ++m) {
+    const auto* partial = std::get_if<Partial>(&placements[static_cast<std::size_t>(m)]);
+    if (partial == nullptr) continue;
+    for (std::size_t i = 0; i < piece.size(); ++i) {
+      if (coordinate(i, m) != 0 || !piece[i].defined()) continue;
+      std::vector<at::Tensor> along;
+      for (std::int64_t k = 0; k < mesh.size(m); ++k) {
+        along.push_back(piece[i + static_cast<std::size_t>(k * strides[static_cast<std::size_t>(m)])]);
+      }
+      piece[i] = reduce_pieces(along, partial->op);
+    }
+  }
+  for (std::size_t i = 0; i < piece.size(); ++i) {
+    // A replica (or a reduced Partial) is counted once: coordinate 0 along those dims.
     bool contributes = true;
     for (int m = 0; m < mesh.ndim(); ++m) {
-      if (std::holds_alternative<Replicate>(placements[static_cast<std::size_t>(m)]) &&
-          coord[static_cast<std::size_t>(m)] != 0) {
+      if (!std::holds_alternative<Shard>(placements[static_cast<std::size_t>(m)]) &&
+          coordinate(i, m) != 0) {
         contributes = false;
       }
     }
     if (!contributes) continue;
-    std::vector<std::int64_t> shape;
-    std::vector<std::int64_t> offset;
-    local_extent(t.global_shape(), placements, mesh, coord, &shape, &offset);
-    // Pieces arrive on the group's exchange device; sums need them on the result's.
-    at::Tensor piece = from_bytes(pieces[i], t.dtype(), shape).to(full.device());
-    at::Tensor target = slice_block(full, shape, offset);
-    if (!partial) {
-      target.copy_(piece);
-    } else if (t.dtype() == at::kBool) {
-      target.bitwise_or_(piece);
-    } else {
-      target.add_(piece);
-    }
+    slice_block(full, piece[i].sizes().vec(), offsets[i]).copy_(piece[i]);
   }
   return full;
 }
 
 }  // namespace detail
+
+DTensor DTensor::reduce_partials() const {
+  if (!has_partial(placements_)) return *this;
+  std::vector<Placement> placements = placements_;
+  for (auto& p : placements) {
+    if (std::holds_alternative<Partial>(p)) p = Replicate{};
+  }
+  if (!mesh_->contains(mesh_->my_rank())) return DTensor(local_, mesh_, placements, global_shape_);
+  at::Tensor local = local_;
+  const std::int64_t nbytes = local.numel() * static_cast<std::int64_t>(c10::elementSize(dtype()));
+  for (int m = 0; m < mesh_->ndim(); ++m) {
+    const auto* partial = std::get_if<Partial>(&placements_[static_cast<std::size_t>(m)]);
+    if (partial == nullptr) continue;
+    // Along a Partial dim every member holds a piece of the same extent. Each first states its
+    // dtype and size, so that a member holding another dtype is an error on every member, not
+    // a collective of mismatched sizes.
+    const std::int64_t mine[2] = {static_cast<std::int64_t>(dtype()), nbytes};
+    at::Tensor said = at::empty({static_cast<std::int64_t>(sizeof(mine))}, at::kByte);
+    std::memcpy(said.data_ptr(), mine, sizeof(mine));
+    const auto heard = detail::all_gather_bytes(
+        mesh_->group(m), said,
+        std::vector<std::int64_t>(static_cast<std::size_t>(mesh_->size(m)), sizeof(mine)));
+    for (std::size_t k = 0; k < heard.size(); ++k) {
+      std::int64_t theirs[2];
+      std::memcpy(theirs, heard[k].cpu().contiguous().data_ptr(), sizeof(theirs));
+      if (theirs[0] == mine[0] && theirs[1] == mine[1]) continue;
+      auto coord = mesh_->coordinate_of(mesh_->my_rank());
+      coord[static_cast<std::size_t>(m)] = static_cast<std::int64_t>(k);
+      throw ShardingError(
+          "DTensor::reduce_partials: along mesh dim " + std::to_string(m) + " of " +
+          mesh_->describe() + ", rank " + std::to_string(mesh_->rank_at(coord)) + " holds " +
+          c10::toString(static_cast<at::ScalarType>(theirs[0])) + " (" +
+          std::to_string(theirs[1]) + " bytes) and rank " + std::to_string(mesh_->my_rank()) +
+          " holds " + c10::toString(dtype()) + " (" + std::to_string(nbytes) + " bytes)");
+    }
+    const auto got = detail::all_gather_bytes(
+        mesh_->group(m), detail::as_bytes(local),
+        std::vector<std::int64_t>(static_cast<std::size_t>(mesh_->size(m)), nbytes));
+    std::vector<at::Tensor> along;
+    for (const auto& g : got) along.push_back(detail::from_bytes(g, dtype(), local.sizes()).to(local.device()));
+    local = reduce_pieces(along, partial->op);
+  }
+  return DTensor(local, mesh_, std::move(placements), global_shape_);
+}
 
 at::Tensor DTensor::full_tensor() const {
   if (!mesh_->contains(mesh_->my_rank())) {
@@ -222,7 +332,10 @@ DTensor distribute_tensor(const at::Tensor& full, std::shared_ptr<const DeviceMe
     whole = detail::from_bytes(bytes, dtype, shape).to(mesh->device());
   }
   if (!mesh->contains(me)) {
-    return DTensor(at::Tensor(), mesh, std::move(placements), whole.sizes().vec());
+    // As PyTorch: an empty local tensor (dtype and device kept) on a rank outside the mesh.
+    at::Tensor none = whole.defined() ? at::empty({0}, whole.options()) : at::Tensor();
+    return DTensor(none, mesh, std::move(placements), whole.defined() ? whole.sizes().vec()
+                                                                      : std::vector<std::int64_t>{});
   }
   if (!whole.defined()) throw ConfigError("distribute_tensor: rank " + std::to_string(me) +
                                           " passed an undefined tensor and no source rank");
@@ -233,11 +346,15 @@ DTensor distribute_tensor(const at::Tensor& full, std::shared_ptr<const DeviceMe
   const auto coord = mesh->coordinate_of(me);
   detail::local_extent(global, placements, *mesh, coord, &shape, &offset);
   at::Tensor local = detail::slice_block(whole, shape, offset).clone();
+  check_partial_dtype(placements, local.scalar_type());
+  // Partial: a value whose reduction along the dim is `full`. Sum and avg: the value at
+  // coordinate 0, zeros elsewhere for sum, the value everywhere for avg; product: ones
+  // elsewhere; max and min: the value everywhere.
   for (int m = 0; m < mesh->ndim(); ++m) {
-    if (std::holds_alternative<Partial>(placements[static_cast<std::size_t>(m)]) &&
-        coord[static_cast<std::size_t>(m)] != 0) {
-      local.zero_();
-    }
+    const auto* partial = std::get_if<Partial>(&placements[static_cast<std::size_t>(m)]);
+    if (partial == nullptr || coord[static_cast<std::size_t>(m)] == 0) continue;
+    if (partial->op == PartialOp::kSum) local.zero_();
+    if (partial->op == PartialOp::kProduct) local.fill_(1);
   }
   return DTensor(local, std::move(mesh), std::move(placements), global);
 }

@@ -7,10 +7,20 @@
 
 namespace c10dtest {
 
+const char* to_string(PartialOp op) {
+  switch (op) {
+    case PartialOp::kAvg: return "avg";
+    case PartialOp::kProduct: return "product";
+    case PartialOp::kMax: return "max";
+    case PartialOp::kMin: return "min";
+    default: return "sum";
+  }
+}
+
 std::string to_string(const Placement& p) {
   if (const auto* s = std::get_if<Shard>(&p)) return "Shard(" + std::to_string(s->dim) + ")";
   if (std::holds_alternative<Replicate>(p)) return "Replicate()";
-  return "Partial(sum)";
+  return std::string("Partial(") + to_string(std::get<Partial>(p).op) + ")";
 }
 
 std::string to_string(const std::vector<Placement>& ps) {

@@ -146,6 +146,15 @@ StateDict gather_state_dict(const StateDict& state_dict, const GatherOptions& op
   std::vector<GroupBatch> batches;
   for (const auto& leaf : all) {
     if (!leaf.value->is<DTensor>() && !leaf.value->is<ShardedTensor>()) continue;
+    if (leaf.value->is<DTensor>()) {
+      const auto& d = leaf.value->as<DTensor>();
+      if (!d.mesh()->contains(d.mesh()->my_rank())) {
+        // Outside the DTensor's mesh: as PyTorch's full_tensor() there, the (empty) local
+        // tensor; the mesh's ranks gather among themselves.
+        *leaf.value = d.local().defined() ? d.local() : at::empty({0});
+        continue;
+      }
+    }
     const ProcessGroupPtr g = group_of_leaf(*leaf.value);
     // Small values share a collective per group; a large one travels alone, which lets a dim-0
     // sharded tensor land in its final place without a copy. Every rank decides alike: the size

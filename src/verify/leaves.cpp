@@ -4,6 +4,7 @@
 
 #include "c10dtest/dtensor.hpp"
 #include "c10dtest/sharded_tensor.hpp"
+#include "common/hash.hpp"
 #include "common/text.hpp"
 
 namespace c10dtest::detail::verifier {
@@ -95,33 +96,44 @@ LeafInfo describe_leaf(const std::string& path, const StateValue& v, int world_r
     const DTensor& d = v.as<DTensor>();
     leaf.tensor = true;
     leaf.shape = d.global_shape();
+    leaf.signature = "DTensor " + to_string(d.placements()) + " on " + d.mesh()->describe();
+    for (const auto& p : d.placements()) leaf.partial |= std::holds_alternative<Partial>(p);
+    if (!d.mesh()->contains(world_rank)) {
+      // Outside the mesh: nothing held; the local tensor may be undefined.
+      leaf.held = false;
+      return leaf;
+    }
     leaf.dtype = static_cast<int>(d.dtype());
     leaf.device = d.local().device();
-    for (const auto& p : d.placements()) {
-      if (std::holds_alternative<Partial>(p)) {
-        leaf.problem = "holds a Partial placement: verify its full_tensor() instead";
-        return leaf;
-      }
-    }
-    const auto& ranks = d.mesh()->ranks();
-    if (std::find(ranks.begin(), ranks.end(), world_rank) != ranks.end()) {
-      Piece piece;
-      detail::local_extent(d.global_shape(), d.placements(), *d.mesh(),
-                           d.mesh()->coordinate_of(world_rank), &piece.sizes, &piece.offsets);
-      piece.tensor = d.local();
-      leaf.pieces.push_back(std::move(piece));
-    }
+    Piece piece;
+    detail::local_extent(d.global_shape(), d.placements(), *d.mesh(),
+                         d.mesh()->coordinate_of(world_rank), &piece.sizes, &piece.offsets);
+    piece.tensor = d.local();
+    leaf.pieces.push_back(std::move(piece));
   } else if (v.is<ShardedTensor>()) {
     const ShardedTensor& s = v.as<ShardedTensor>();
     leaf.tensor = true;
     leaf.shape = s.metadata().global_shape;
     leaf.dtype = static_cast<int>(s.metadata().dtype);
+    std::string shards;
+    for (const auto& m : s.metadata().shards) {
+      shards += shape_text(m.offsets) + "+" + shape_text(m.sizes) + "@" + std::to_string(m.rank) + ";";
+    }
+    leaf.signature = "ShardedTensor " + shape_text(leaf.shape) + " in " +
+                     std::to_string(s.metadata().shards.size()) + " shards (layout " +
+                     hex_hash(fnv1a(shards)) + ")";
     try {
       validate_tiling(s.metadata(), s.process_group() ? s.process_group()->getSize() : 1);
     } catch (const ShardingError& e) {
       leaf.problem = std::string("shards do not tile the tensor: ") + e.what();
     }
     for (const auto& shard : s.local_shards()) {
+      if (!shard.tensor.defined()) {
+        leaf.problem = "holds an undefined local shard at offsets " +
+                       shape_text(shard.metadata.offsets);
+        leaf.pieces.clear();
+        break;
+      }
       if (leaf.pieces.empty()) leaf.device = shard.tensor.device();
       leaf.pieces.push_back({shard.metadata.offsets, shard.metadata.sizes, shard.tensor});
     }
@@ -139,7 +151,22 @@ std::vector<LeafInfo> describe_dict(const StateDict& sd, int world_rank) {
   const auto flat = flatten(sd);
   std::vector<LeafInfo> out;
   out.reserve(flat.size());
-  for (const auto& [path, v] : flat) out.push_back(describe_leaf(path, *v, world_rank));
+  for (const auto& [path, v] : flat) {
+    try {
+      out.push_back(describe_leaf(path, *v, world_rank));
+    } catch (const std::exception& e) {
+      // Said as a finding of this key on this rank; the ranks still verify together.
+      LeafInfo leaf;
+      leaf.path = path;
+      leaf.source = v;
+      leaf.type = v->type_name();
+      leaf.tensor = v->is_tensor_like();
+      leaf.layout = "?";
+      leaf.problem = "could not be read on rank " + std::to_string(world_rank) + ": " +
+                     first_line(e.what());
+      out.push_back(std::move(leaf));
+    }
+  }
   return out;
 }
 
@@ -167,6 +194,7 @@ std::string encode_leaves(const std::vector<LeafInfo>& leaves) {
     put_field(out, l.device.str());
     put_field(out, layout_of(l));
     put_field(out, l.problem);
+    put_field(out, l.held ? "1" : "0");
     put_field(out, l.scalar);
     put_field(out, std::to_string(l.elements.size()));
     for (const auto& e : l.elements) put_field(out, e);
@@ -191,6 +219,7 @@ std::vector<LeafInfo> decode_leaves(const std::string& data) {
     l.device = c10::Device(r.next());
     l.layout = r.next();
     l.problem = r.next();
+    l.held = r.next() == "1";
     l.scalar = r.next();
     l.elements.resize(static_cast<std::size_t>(r.number()));
     for (auto& e : l.elements) e = r.next();

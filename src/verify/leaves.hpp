@@ -32,6 +32,15 @@ struct LeafInfo {
   std::string layout;
   const StateValue* source = nullptr;  // on the describing rank only
   std::string problem;  // a layout fault found by the owner (shards that do not tile, ...)
+  // False on a rank outside a DTensor's mesh: it holds no piece, and its dtype and device (and
+  // perhaps the global shape) are unknown here; the mesh's ranks check the value.
+  bool held = true;
+  // A Partial placement: the pieces are reduced (DTensor::reduce_partials) before any value is
+  // compared. Set on every rank that holds the key, in the mesh or not; cleared once reduced.
+  bool partial = false;
+  // The layout every rank must agree on, for DTensors and ShardedTensors: placements and mesh,
+  // or the shard list ("" for other values). Described here, never sent with the leaves.
+  std::string signature;
   std::string scalar;   // canonical text of a plain value
   std::vector<std::string> elements;  // of a list of plain values: each element's text
   std::vector<Piece> pieces;
@@ -48,7 +57,8 @@ std::string layout_of(const LeafInfo& leaf);
 // "DTensor [7, 5] Float [Shard(0)]".
 std::string leaf_text(const LeafInfo& leaf);
 
-// This rank's leaves of `sd`, with its pieces as `world_rank` holds them.
+// This rank's leaves of `sd`, with its pieces as `world_rank` holds them. A value that cannot
+// be described (any exception) is a leaf whose `problem` says why, naming the rank.
 std::vector<LeafInfo> describe_dict(const StateDict& sd, int world_rank);
 std::string encode_leaves(const std::vector<LeafInfo>& leaves);
 std::vector<LeafInfo> decode_leaves(const std::string& data);

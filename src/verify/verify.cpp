@@ -8,11 +8,13 @@
 
 #include <algorithm>
 #include <map>
+#include <set>
 
 #include "c10dtest/error.hpp"
 #include "check.hpp"
 #include "comm/bytes.hpp"
 #include "common/fields.hpp"
+#include "common/hash.hpp"
 #include "common/text.hpp"
 #include "exchange.hpp"
 #include "findings.hpp"
@@ -39,7 +41,10 @@ VerifyStrategy parse_verify_strategy(const std::string& name) {
 std::vector<std::string> detail::exchange_text(Context* context, const std::string& what,
                                                const std::string& value) {
   if (context == nullptr || context->world_size() == 1) return {value};
-  return context->all_gather_text(what, value);
+  // Never an empty value in the store: c10d's TCPStore answers a read of one about 200 ms late.
+  std::vector<std::string> all = context->all_gather_text(what, "=" + value);
+  for (auto& v : all) v.erase(0, 1);
+  return all;
 }
 
 namespace {
@@ -84,13 +89,97 @@ VerifyStrategy effective_strategy(const VerifyOptions& options, const Context& c
   return parse_verify_strategy(context.verify_strategy());
 }
 
+// Compares `actual` for `c`; an exception (a tensor that cannot be read, ...) becomes a finding
+// of the key on `rank`, never an exception that leaves the other ranks waiting.
+void compare_guarded(RankCheck& check, const Comparison& c, const std::vector<LeafInfo>& leaves,
+                     const at::Tensor& actual, int rank) {
+  try {
+    check.compare(c, leaves, actual);
+  } catch (const std::exception& e) {
+    const LeafInfo& leaf = leaves[check.of(c).leaf];
+    check.findings.push_back(finding(leaf.path, Kind::kProblem,
+                                     "(" + leaf_text(leaf) + ") could not be compared on rank " +
+                                         std::to_string(rank) + ": " + detail::first_line(e.what())));
+  }
+}
+
 std::vector<Finding> shard_local(int rank, const std::vector<LeafInfo>& leaves,
                                  const Reference& ref, const VerifyOptions& options) {
   RankCheck check = check_rank(rank, leaves, ref, options);
   for (const auto& c : check.comparisons) {
-    check.compare(c, leaves, leaves[check.of(c).leaf].pieces[c.piece].tensor);
+    compare_guarded(check, c, leaves, leaves[check.of(c).leaf].pieces[c.piece].tensor, rank);
   }
   return check.finish(leaves);
+}
+
+// ---------------------------------------------------------------------------------------------
+// What every rank must agree on before values are compared.
+
+// The (path, layout) of this rank's DTensors and ShardedTensors, by path.
+std::vector<std::pair<std::string, std::string>> layouts_of(const std::vector<LeafInfo>& leaves) {
+  std::vector<std::pair<std::string, std::string>> out;
+  for (const auto& l : leaves) {
+    if (!l.signature.empty()) out.emplace_back(l.path, l.signature);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+std::uint64_t layout_hash(const std::vector<std::pair<std::string, std::string>>& layouts) {
+  std::uint64_t h = detail::kFnvOffset;
+  for (const auto& [path, sig] : layouts) h = detail::fnv1a(sig, detail::fnv1a(path + '\n', h)) ^ 1;
+  return h;
+}
+
+// Keys whose layout differs between the ranks that hold them, each as a finding for every such
+// rank (the same text everywhere, so the report merges them), from every rank's layouts.
+std::set<std::string> layout_disagreements(
+    const std::vector<std::vector<std::pair<std::string, std::string>>>& by_rank,
+    std::vector<std::vector<Finding>>* extra) {
+  const int size = static_cast<int>(by_rank.size());
+  std::map<std::string, std::map<std::string, std::vector<int>>> seen;  // path -> layout -> ranks
+  for (int r = 0; r < size; ++r) {
+    for (const auto& [path, sig] : by_rank[static_cast<std::size_t>(r)]) seen[path][sig].push_back(r);
+  }
+  std::set<std::string> out;
+  for (const auto& [path, sigs] : seen) {
+    if (sigs.size() < 2) continue;
+    out.insert(path);
+    std::string text = "the ranks disagree on its layout:";
+    std::vector<int> holders;
+    bool first = true;
+    for (const auto& [sig, ranks] : sigs) {
+      text += std::string(first ? " " : "; ") + sig + " on " + ranks_text(ranks, size);
+      first = false;
+      holders.insert(holders.end(), ranks.begin(), ranks.end());
+    }
+    for (int r : holders) (*extra)[static_cast<std::size_t>(r)].push_back(finding(path, Kind::kProblem, text));
+  }
+  return out;
+}
+
+// Reduces this rank's Partial DTensors in path order (every member of a mesh reaches the same
+// keys in the same order: their layouts agree), skipping `skip`. A failure is the key's problem.
+void reduce_partials(std::vector<LeafInfo>& leaves, const std::set<std::string>& skip, int rank) {
+  std::vector<std::size_t> order;
+  for (std::size_t i = 0; i < leaves.size(); ++i) {
+    if (leaves[i].partial && skip.count(leaves[i].path) == 0) order.push_back(i);
+  }
+  std::sort(order.begin(), order.end(),
+            [&](std::size_t a, std::size_t b) { return leaves[a].path < leaves[b].path; });
+  for (std::size_t i : order) {
+    LeafInfo& leaf = leaves[i];
+    leaf.partial = false;
+    if (!leaf.held || leaf.source == nullptr || !leaf.source->is<DTensor>()) continue;
+    try {
+      const DTensor reduced = leaf.source->as<DTensor>().reduce_partials();
+      leaf.pieces.at(0).tensor = reduced.local();
+    } catch (const std::exception& e) {
+      leaf.pieces.clear();
+      leaf.problem = "could not reduce its Partial placement on rank " + std::to_string(rank) +
+                     ": " + detail::first_line(e.what());
+    }
+  }
 }
 
 // Gather: every rank's pieces go to `root` in batches of about options.gather_batch_bytes per
@@ -172,9 +261,15 @@ std::vector<std::vector<Finding>> gather_and_check(Context& context,
     if (b < my_batches.size()) {
       std::int64_t at_byte = 0;
       for (const auto& s : my_batches[b]) {
-        if (s.bytes > 0) {
-          const at::Tensor t = mine[s.leaf].pieces[s.piece].tensor;
-          send.narrow(0, at_byte, s.bytes).copy_(detail::as_bytes(t.detach().cpu()));
+        const at::Tensor t = mine[s.leaf].pieces[s.piece].tensor;
+        if (s.bytes > 0 && t.defined() && !t.is_meta() && mine[s.leaf].problem.empty()) {
+          try {
+            send.narrow(0, at_byte, s.bytes).copy_(detail::as_bytes(t.detach().cpu()));
+          } catch (const std::exception&) {
+            // Unreadable here: this rank still takes part in the gather (with zeros, which
+            // the root then finds wrong) instead of leaving the others waiting.
+            send.narrow(0, at_byte, s.bytes).zero_();
+          }
         }
         at_byte += s.bytes;
       }
@@ -198,7 +293,7 @@ std::vector<std::vector<Finding>> gather_and_check(Context& context,
           const at::Tensor actual =
               detail::from_bytes(got[static_cast<std::size_t>(r)].narrow(0, at_byte, s.bytes),
                                  static_cast<at::ScalarType>(leaf.dtype), p.sizes);
-          check.compare(c, leaves[static_cast<std::size_t>(r)], actual);
+          compare_guarded(check, c, leaves[static_cast<std::size_t>(r)], actual, r);
         }
         at_byte += s.bytes;
       }
@@ -217,44 +312,105 @@ std::vector<std::vector<Finding>> gather_and_check(Context& context,
   const bool distributed = context && context->world_size() > 1;
   const int rank = distributed ? context->rank() : 0;
   const int size = distributed ? context->world_size() : 1;
-  const std::vector<LeafInfo> mine = describe_dict(dist, rank);
+  std::vector<LeafInfo> mine = describe_dict(dist, rank);
   const Reference ref(reference);
   const auto reference_keys = static_cast<std::int64_t>(ref.leaves.size());
+  const bool partial = std::any_of(mine.begin(), mine.end(), [](const LeafInfo& l) { return l.partial; });
   if (!distributed) {
+    if (partial) reduce_partials(mine, {}, rank);
     return report({shard_local(rank, mine, ref, options)}, reference_keys, options);
   }
   const VerifyStrategy asked = effective_strategy(options, *context);
+  const auto layouts = layouts_of(mine);
   // One exchange settles the common case: every rank holds a reference and sends its shard-local
-  // findings with the flag ("1" + findings; "0" from a rank without a reference, or when the
-  // gather strategy is asked for).
-  const bool try_local = asked != VerifyStrategy::kGather && !reference.empty();
-  const std::vector<std::string> first = detail::exchange_text(
-      context.get(), "verify",
-      try_local ? "1" + encode_findings(shard_local(rank, mine, ref, options), reference_keys)
-                : std::string(reference.empty() ? "0" : "h"));
+  // findings ('1'), with the hash of its layouts and whether it holds Partial values ('0' from a
+  // rank without a reference, 'h' when the gather strategy is asked for or Partial values must
+  // be reduced first, 'x' with the error when this rank could not check).
+  const bool try_local = asked != VerifyStrategy::kGather && !reference.empty() && !partial;
+  char flag = try_local ? '1' : reference.empty() ? '0' : 'h';
+  std::string payload;
+  if (try_local) {
+    try {
+      payload = encode_findings(shard_local(rank, mine, ref, options), reference_keys);
+    } catch (const std::exception& e) {
+      flag = 'x';
+      payload = detail::first_line(e.what());
+    }
+  }
+  std::string first_value;
+  put_field(first_value, std::string(1, flag));
+  put_field(first_value, std::to_string(layout_hash(layouts)));
+  put_field(first_value, partial ? "1" : "0");
+  put_field(first_value, payload);
+  const std::vector<std::string> first = detail::exchange_text(context.get(), "verify", first_value);
+  std::vector<char> flags;
+  std::vector<std::string> hashes;
+  std::vector<std::string> first_payloads;
+  bool any_partial = false;
+  for (int r = 0; r < size; ++r) {
+    detail::FieldReader fr(first[static_cast<std::size_t>(r)], "verification summary");
+    flags.push_back(fr.next().at(0));
+    hashes.push_back(fr.next());
+    any_partial |= fr.next() == "1";
+    first_payloads.push_back(fr.next());
+  }
   std::vector<int> without;
+  std::vector<int> failed;
   int root = -1;
   for (int r = 0; r < size; ++r) {
-    const char flag = first[static_cast<std::size_t>(r)].empty() ? '0'
-                                                                  : first[static_cast<std::size_t>(r)][0];
-    if (flag == '0') {
+    const char f = flags[static_cast<std::size_t>(r)];
+    if (f == '0') {
       without.push_back(r);
     } else if (root < 0) {
       root = r;
     }
+    if (f == 'x') failed.push_back(r);
   }
-  const bool all_local = std::all_of(first.begin(), first.end(), [](const std::string& p) {
-    return !p.empty() && p[0] == '1';
-  });
+  if (!failed.empty()) {
+    auto out = ::testing::AssertionFailure();
+    out << "state dict could not be verified: an error on " << ranks_text(failed, size);
+    for (int r : failed) out << "\n  rank " << r << ": " << first_payloads[static_cast<std::size_t>(r)];
+    return out;
+  }
   if (asked == VerifyStrategy::kShardLocal && !without.empty()) {
     return ::testing::AssertionFailure()
            << "shard-local verification needs the reference on every rank; "
            << ranks_text(without, size) << " passed an empty reference (use the gather strategy)";
   }
+  // Layouts that differ between ranks: one more exchange names the keys (only then).
+  std::vector<std::vector<Finding>> extra(static_cast<std::size_t>(size));
+  std::set<std::string> disagree;
+  if (std::any_of(hashes.begin(), hashes.end(), [&](const std::string& h) { return h != hashes[0]; })) {
+    std::string mine_text;
+    put_field(mine_text, std::to_string(layouts.size()));
+    for (const auto& [path, sig] : layouts) {
+      put_field(mine_text, path);
+      put_field(mine_text, sig);
+    }
+    const auto all = detail::exchange_text(context.get(), "verify-layouts", mine_text);
+    std::vector<std::vector<std::pair<std::string, std::string>>> by_rank(all.size());
+    for (std::size_t r = 0; r < all.size(); ++r) {
+      detail::FieldReader fr(all[r], "layouts");
+      const auto n = fr.number();
+      for (long long i = 0; i < n; ++i) {
+        std::string path = fr.next();
+        by_rank[r].emplace_back(std::move(path), fr.next());
+      }
+    }
+    disagree = layout_disagreements(by_rank, &extra);
+  }
+  if (any_partial) reduce_partials(mine, disagree, rank);
+
   std::vector<std::string> payloads;
   std::int64_t keys = reference_keys;
-  if (all_local) {
-    for (const auto& p : first) payloads.push_back(p.substr(1));
+  const bool all_local = std::all_of(flags.begin(), flags.end(), [](char f) { return f == '1'; });
+  if (all_local && !any_partial) {
+    payloads = first_payloads;
+  } else if (asked != VerifyStrategy::kGather && without.empty()) {
+    // Shard-local after the Partial values were reduced.
+    payloads = detail::exchange_text(
+        context.get(), "verify-reduced",
+        encode_findings(shard_local(rank, mine, ref, options), reference_keys));
   } else {
     if (root < 0) root = 0;
     const auto by_rank = gather_and_check(*context, mine, ref, options, root);
@@ -269,10 +425,11 @@ std::vector<std::vector<Finding>> gather_and_check(Context& context,
     for (long long i = 0; i < n; ++i) payloads.push_back(r.next());
   }
   std::vector<std::vector<Finding>> by_rank;
-  for (const auto& p : payloads) {
+  for (std::size_t r = 0; r < payloads.size(); ++r) {
     std::int64_t k = 0;
-    by_rank.push_back(decode_findings(p, &k));
+    by_rank.push_back(decode_findings(payloads[r], &k));
     keys = std::max(keys, k);
+    for (auto& f : extra[r]) by_rank.back().push_back(std::move(f));
   }
   return report(by_rank, keys, options);
 }

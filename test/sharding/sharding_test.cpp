@@ -173,6 +173,66 @@ TEST_F(DTensorRoundTrip, TwoDimensionalMeshes) {
   }
 }
 
+// Every Partial op, as PyTorch's Partial(reduce_op): distribute -> full_tensor and
+// reduce_partials give the tensor back (avg up to rounding: it divides a sum), on 1-D and 2-D
+// meshes, and a value changed on one rank changes the reduction.
+TEST_F(DTensorRoundTrip, EveryPartialOpReducesBackToTheTensor) {
+  using c10dtest::PartialOp;
+  const auto mesh = DeviceMesh::create({world_size()});
+  std::vector<std::shared_ptr<const DeviceMesh>> meshes{mesh};
+  if (world_size() % 2 == 0) meshes.push_back(DeviceMesh::create({2, world_size() / 2}));
+  for (const auto op : {PartialOp::kSum, PartialOp::kAvg, PartialOp::kProduct, PartialOp::kMax,
+                        PartialOp::kMin}) {
+    for (const auto dtype : {at::kFloat, at::kDouble, at::kLong, at::kBool, at::kComplexFloat}) {
+      const bool floating = at::isFloatingType(dtype) || at::isComplexType(dtype);
+      if (op == PartialOp::kAvg && !floating) continue;
+      if ((op == PartialOp::kMax || op == PartialOp::kMin) && at::isComplexType(dtype)) continue;
+      if (op == PartialOp::kAvg && dtype == at::kBool) continue;
+      for (const auto& m : meshes) {
+        std::vector<Placement> placements{Partial{op}};
+        if (m->ndim() == 2) placements.insert(placements.begin(), Shard{0});
+        const at::Tensor full = random_full(dtype, {5, 3});
+        const auto d = c10dtest::distribute_tensor(full, m, placements);
+        SCOPED_TRACE(d.describe());
+        const at::Tensor back = d.full_tensor();
+        const at::Tensor reduced = d.reduce_partials().full_tensor();
+        if (op == PartialOp::kAvg) {
+          EXPECT_TRUE(at::allclose(back, full));
+        } else {
+          EXPECT_TRUE(at::equal(back, full));
+        }
+        EXPECT_TRUE(at::equal(reduced, back)) << "reduce_partials and full_tensor differ";
+        for (const auto& p : d.reduce_partials().placements()) {
+          EXPECT_FALSE(std::holds_alternative<Partial>(p));
+        }
+      }
+    }
+  }
+  // The wrong dtype for an op is refused on every rank, before any collective.
+  EXPECT_THROW(c10dtest::distribute_tensor(at::arange(4), mesh, {Partial{PartialOp::kAvg}}),
+               c10dtest::ShardingError);
+  EXPECT_THROW(c10dtest::distribute_tensor(at::ones({2}, at::kComplexFloat), mesh,
+                                           {Partial{PartialOp::kMax}}),
+               c10dtest::ShardingError);
+}
+
+// A mesh over some ranks: the others get an empty local tensor and take no part.
+TEST_F(DTensorRoundTrip, SubMeshLeavesTheOtherRanksOut) {
+  C10DTEST_REQUIRE_WORLD_SIZE(2);
+  const auto sub = DeviceMesh::create({1}, {world_size() - 1});
+  const at::Tensor full = random_full(at::kFloat, {4, 3});
+  const auto d = c10dtest::distribute_tensor(full, sub, {c10dtest::Partial{}});
+  if (rank() == world_size() - 1) {
+    EXPECT_TRUE(at::equal(d.full_tensor(), full));
+  } else {
+    EXPECT_EQ(d.local().numel(), 0);
+    EXPECT_EQ(d.local().scalar_type(), at::kFloat);
+    EXPECT_EQ(d.global_shape(), (std::vector<std::int64_t>{4, 3}));
+    EXPECT_THROW(d.full_tensor(), c10dtest::ShardingError);
+    EXPECT_NO_THROW(d.reduce_partials());
+  }
+}
+
 TEST_F(DTensorRoundTrip, FromASourceRankOnly) {
   const at::Tensor expected = random_full(at::kFloat, {7, 3});
   const int source = world_size() - 1;

@@ -327,6 +327,152 @@ TEST_F(Verifier, MacrosAndMatchersReportTheSameMessage) {
 }
 
 // The optimizer side: real values compared, ids mapped to FQNs, param groups checked.
+// Meshes that do not cover the world, Partial placements, layouts the ranks disagree on and
+// values that cannot be read: every strategy gives one verdict, on every rank, naming the key.
+class MeshEdges : public c10dtest::DistributedTest {
+ protected:
+  // The verdict (empty when it passes) of shard-local, gather and auto with the reference on
+  // rank 0 only; all three must give the same message.
+  std::string verdict(const StateDict& ref, const StateDict& dist, VerifyOptions options = {}) {
+    std::vector<std::string> got;
+    for (const auto strategy : {VerifyStrategy::kShardLocal, VerifyStrategy::kGather,
+                                VerifyStrategy::kAuto}) {
+      options.strategy = strategy;
+      const bool only_rank0 = strategy == VerifyStrategy::kAuto;
+      const auto r = c10dtest::verify_state_dict(only_rank0 && rank() != 0 ? StateDict() : ref,
+                                                 dist, options);
+      got.push_back(r ? std::string() : std::string(r.message()));
+    }
+    EXPECT_EQ(got[1], got[0]) << "gather and shard-local disagree";
+    EXPECT_EQ(got[2], got[0]) << "reference on rank 0 only and shard-local disagree";
+    return got[0];
+  }
+
+  // The first `n` world ranks (at least one).
+  static std::vector<int> first_ranks(int n) {
+    std::vector<int> r(static_cast<std::size_t>(std::max(1, n)));
+    for (std::size_t i = 0; i < r.size(); ++i) r[i] = static_cast<int>(i);
+    return r;
+  }
+
+  static void add_one(const StateDict& dist, const std::string& key, double delta) {
+    dist.at(key).as<DTensor>().local().view({-1})[0].add_(delta);
+  }
+};
+
+TEST_F(MeshEdges, SubMeshValueIsCheckedByItsRanksAndTheVerdictReachesEveryRank) {
+  const int half = std::max(1, world_size() / 2);
+  const auto sub = DeviceMesh::create({half}, first_ranks(half));
+  const auto world = DeviceMesh::create({world_size()});
+  const at::Tensor w = at::arange(24, at::kFloat).reshape({6, 4});
+  const at::Tensor b = at::randn({5});
+  StateDict ref;
+  ref.insert("sub.w", w);
+  ref.insert("world.b", b);
+  StateDict dist;
+  dist.insert("sub.w", c10dtest::distribute_tensor(w, sub, {Shard{0}}));
+  dist.insert("world.b", c10dtest::distribute_tensor(b, world, {Shard{0}}));
+  if (!sub->contains(rank())) {
+    EXPECT_EQ(dist.at("sub.w").as<DTensor>().local().numel(), 0);  // as PyTorch: empty
+  }
+  EXPECT_EQ(verdict(ref, dist), "");
+  // From a source rank: the ranks outside the mesh know neither shape nor dtype.
+  StateDict from_source;
+  from_source.insert("sub.w", c10dtest::distribute_tensor(rank() == 0 ? w : at::Tensor(), sub,
+                                                          {Shard{0}}, 0));
+  StateDict ref_w;
+  ref_w.insert("sub.w", w);
+  EXPECT_EQ(verdict(ref_w, from_source), "");
+
+  const int wrong = half - 1;
+  if (rank() == wrong) add_one(dist, "sub.w", 1.0);
+  const std::string m = verdict(ref, dist);
+  EXPECT_THAT(m, HasSubstr("'sub.w'"));
+  if (world_size() > 1) EXPECT_THAT(m, HasSubstr("on rank " + std::to_string(wrong)));
+  EXPECT_THAT(m, ::testing::Not(HasSubstr("world.b")));
+}
+
+TEST_F(MeshEdges, PartialPlacementsAreVerifiedAsTheirReduction) {
+  const auto mesh = DeviceMesh::create({world_size()});
+  using c10dtest::Partial;
+  using c10dtest::PartialOp;
+  for (const auto op : {PartialOp::kSum, PartialOp::kAvg, PartialOp::kProduct, PartialOp::kMax,
+                        PartialOp::kMin}) {
+    SCOPED_TRACE(c10dtest::to_string(op));
+    const at::Tensor full = at::randn({5, 3}, at::kDouble);
+    StateDict ref;
+    ref.insert("p", full);
+    StateDict dist;
+    dist.insert("p", c10dtest::distribute_tensor(full, mesh, {Partial{op}}));
+    EXPECT_EQ(verdict(ref, dist), "");
+    // A value that changes the reduction: up for all but min, down for min.
+    const int wrong = world_size() - 1;
+    if (rank() == wrong) add_one(dist, "p", op == PartialOp::kMin ? -1.0 : 1.0);
+    const std::string m = verdict(ref, dist);
+    EXPECT_THAT(m, HasSubstr("'p' (DTensor [5, 3] Double [Partial(" +
+                             std::string(c10dtest::to_string(op)) + ")])"));
+    EXPECT_THAT(m, HasSubstr("first at [0, 0]"));
+  }
+  // Partial beside Shard on a 2-D mesh, and a bool sum ("or").
+  if (world_size() % 2 == 0) {
+    const auto mesh2 = DeviceMesh::create({2, world_size() / 2});
+    const at::Tensor full = at::randn({7, 4});
+    const at::Tensor flags = at::rand({9}).gt(0.5);
+    StateDict ref;
+    ref.insert("w", full);
+    ref.insert("flags", flags);
+    StateDict dist;
+    dist.insert("w", c10dtest::distribute_tensor(full, mesh2, {Partial{}, Shard{0}}));
+    dist.insert("flags", c10dtest::distribute_tensor(flags, mesh2, {Shard{0}, Partial{}}));
+    EXPECT_EQ(verdict(ref, dist), "");
+  }
+  // An op the dtype cannot take is refused where the DTensor is made.
+  EXPECT_THROW(c10dtest::distribute_tensor(at::arange(4), mesh, {Partial{PartialOp::kAvg}}),
+               c10dtest::ShardingError);
+}
+
+TEST_F(MeshEdges, RanksThatDisagreeOnAKeysLayoutAreNamed) {
+  C10DTEST_REQUIRE_WORLD_SIZE(2);
+  const int half = world_size() / 2;
+  std::vector<int> low = first_ranks(half);
+  std::vector<int> high;
+  for (int r = half; r < world_size(); ++r) high.push_back(r);
+  const auto mesh_low = DeviceMesh::create({half}, low);
+  const auto mesh_high = DeviceMesh::create({world_size() - half}, high);
+  const at::Tensor w = at::randn({4, 2});
+  StateDict ref;
+  ref.insert("w", w);
+  ref.insert("ok", w);
+  // Each half replicates the value on its own mesh: every value is right, the layouts are not.
+  StateDict dist;
+  dist.insert("w", c10dtest::distribute_tensor(w, rank() < half ? mesh_low : mesh_high,
+                                               {Replicate{}}));
+  dist.insert("ok", w.clone());
+  const std::string m = verdict(ref, dist);
+  EXPECT_THAT(m, HasSubstr("'w': the ranks disagree on its layout: DTensor [Replicate()] on " +
+                           mesh_low->describe()));
+  EXPECT_THAT(m, HasSubstr(mesh_high->describe()));
+  EXPECT_THAT(m, HasSubstr("1 of 2 keys differ"));
+}
+
+TEST_F(MeshEdges, MetaAndUndefinedValuesGiveOneMessageForEveryStrategy) {
+  const at::Tensor w = at::randn({3});
+  StateDict ref;
+  ref.insert("meta", w);
+  ref.insert("undefined", w);
+  StateDict dist;
+  dist.insert("meta", rank() == 0 ? at::empty({3}, at::TensorOptions().device(at::kMeta)) : w.clone());
+  dist.insert("undefined", at::Tensor());
+  std::string m = verdict(ref, dist);
+  EXPECT_THAT(m, HasSubstr("'meta' (Tensor [3] Float) is on the meta device"));
+  EXPECT_THAT(m, HasSubstr("'undefined'"));
+  EXPECT_THAT(m, HasSubstr("holds an undefined tensor"));
+  VerifyOptions device;
+  device.check_device = true;
+  m = verdict(ref, dist, device);
+  EXPECT_THAT(m, HasSubstr("'meta' (Tensor [3] Float) device meta vs expected cpu"));
+}
+
 class VerifyOsd : public c10dtest::DistributedTest, public c10dtest::VerifyStateDictMixin {
  protected:
   void SetUp() override {
