@@ -8,7 +8,9 @@
 
 #include <ATen/ATen.h>
 
+#include <cstring>
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 #include "c10dtest/comm.hpp"
@@ -34,6 +36,24 @@ void broadcast_bytes(const ProcessGroupPtr& pg, at::Tensor& bytes, int root);
 // exchange when every member already knows them.
 std::vector<at::Tensor> all_gather_bytes(const ProcessGroupPtr& pg, const at::Tensor& bytes,
                                          std::optional<std::vector<std::int64_t>> sizes = {});
+
+// Every member's `value` (a small trivially copyable struct), by group rank, in one allgather:
+// what members state before a bulk transfer, so that a mismatch is found before it, on all.
+template <typename T>
+std::vector<T> all_gather_value(const ProcessGroupPtr& pg, const T& value) {
+  static_assert(std::is_trivially_copyable_v<T>, "all_gather_value sends raw bytes");
+  at::Tensor bytes = at::empty({static_cast<std::int64_t>(sizeof(T))}, at::kByte);
+  std::memcpy(bytes.data_ptr(), &value, sizeof(T));
+  const auto all = all_gather_bytes(
+      pg, bytes,
+      std::vector<std::int64_t>(static_cast<std::size_t>(pg->getSize()), sizeof(T)));
+  std::vector<T> out(all.size());
+  for (std::size_t r = 0; r < all.size(); ++r) {
+    // Read on the host (an NCCL group gathers on the GPU).
+    std::memcpy(&out[r], all[r].cpu().contiguous().data_ptr(), sizeof(T));
+  }
+  return out;
+}
 
 // Allgathers equal-length 1-D uint8 tensors into one buffer: member r's bytes at r * length.
 at::Tensor all_gather_padded(const ProcessGroupPtr& pg, const at::Tensor& bytes);

@@ -1,6 +1,5 @@
 #include "c10dtest/dtensor.hpp"
 
-#include <cstring>
 #include <sstream>
 
 #include "assemble.hpp"
@@ -234,23 +233,22 @@ DTensor DTensor::reduce_partials() const {
     // Along a Partial dim every member holds a piece of the same extent. Each first states its
     // dtype and size, so that a member holding another dtype is an error on every member, not
     // a collective of mismatched sizes.
-    const std::int64_t mine[2] = {static_cast<std::int64_t>(dtype()), nbytes};
-    at::Tensor said = at::empty({static_cast<std::int64_t>(sizeof(mine))}, at::kByte);
-    std::memcpy(said.data_ptr(), mine, sizeof(mine));
-    const auto heard = detail::all_gather_bytes(
-        mesh_->group(m), said,
-        std::vector<std::int64_t>(static_cast<std::size_t>(mesh_->size(m)), sizeof(mine)));
+    struct Piece {
+      std::int64_t dtype;
+      std::int64_t nbytes;
+    };
+    const auto heard = detail::all_gather_value(
+        mesh_->group(m), Piece{static_cast<std::int64_t>(dtype()), nbytes});
     for (std::size_t k = 0; k < heard.size(); ++k) {
-      std::int64_t theirs[2];
-      std::memcpy(theirs, heard[k].cpu().contiguous().data_ptr(), sizeof(theirs));
-      if (theirs[0] == mine[0] && theirs[1] == mine[1]) continue;
+      const Piece& theirs = heard[k];
+      if (theirs.dtype == static_cast<std::int64_t>(dtype()) && theirs.nbytes == nbytes) continue;
       auto coord = mesh_->coordinate_of(mesh_->my_rank());
       coord[static_cast<std::size_t>(m)] = static_cast<std::int64_t>(k);
       throw ShardingError(
           "DTensor::reduce_partials: along mesh dim " + std::to_string(m) + " of " +
           mesh_->describe() + ", rank " + std::to_string(mesh_->rank_at(coord)) + " holds " +
-          c10::toString(static_cast<at::ScalarType>(theirs[0])) + " (" +
-          std::to_string(theirs[1]) + " bytes) and rank " + std::to_string(mesh_->my_rank()) +
+          c10::toString(static_cast<at::ScalarType>(theirs.dtype)) + " (" +
+          std::to_string(theirs.nbytes) + " bytes) and rank " + std::to_string(mesh_->my_rank()) +
           " holds " + c10::toString(dtype()) + " (" + std::to_string(nbytes) + " bytes)");
     }
     const auto got = detail::all_gather_bytes(

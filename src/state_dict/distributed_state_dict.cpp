@@ -90,20 +90,6 @@ struct Preamble {
   std::int64_t world_rank;
 };
 
-std::vector<Preamble> exchange_preambles(const ProcessGroupPtr& group, const Preamble& mine) {
-  at::Tensor bytes = at::empty({static_cast<std::int64_t>(sizeof(Preamble))}, at::kByte);
-  std::memcpy(bytes.data_ptr(), &mine, sizeof(Preamble));
-  const auto all = detail::all_gather_bytes(
-      group, bytes,
-      std::vector<std::int64_t>(static_cast<std::size_t>(group->getSize()), sizeof(Preamble)));
-  std::vector<Preamble> out(all.size());
-  for (std::size_t r = 0; r < all.size(); ++r) {
-    // Read on the host (an NCCL group gathers on the GPU).
-    std::memcpy(&out[r], all[r].cpu().contiguous().data_ptr(), sizeof(Preamble));
-  }
-  return out;
-}
-
 // This process's world rank for gather_state_dict: see GatherOptions::context. A dict of
 // ShardedTensors alone outside any context has no world: their group's ranks stand in.
 int world_rank(const std::vector<Leaf>& all, const GatherOptions& options) {
@@ -210,7 +196,7 @@ StateDict gather_state_dict(const StateDict& state_dict, const GatherOptions& op
         at_byte += piece.numel();
       }
     }
-    const auto preambles = exchange_preambles(batch.group, {batch.layout_hash, longest, me});
+    const auto preambles = detail::all_gather_value(batch.group, Preamble{batch.layout_hash, longest, me});
     for (int r = 0; r < n; ++r) {
       const Preamble& p = preambles[static_cast<std::size_t>(r)];
       if (p.layout_hash != batch.layout_hash || p.longest != preambles[0].longest) {

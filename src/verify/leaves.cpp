@@ -1,6 +1,7 @@
 #include "leaves.hpp"
 
 #include <charconv>
+#include <unordered_map>
 
 #include "c10dtest/dtensor.hpp"
 #include "c10dtest/sharded_tensor.hpp"
@@ -96,7 +97,6 @@ LeafInfo describe_leaf(const std::string& path, const StateValue& v, int world_r
     const DTensor& d = v.as<DTensor>();
     leaf.tensor = true;
     leaf.shape = d.global_shape();
-    leaf.signature = "DTensor " + to_string(d.placements()) + " on " + d.mesh()->describe();
     for (const auto& p : d.placements()) leaf.partial |= std::holds_alternative<Partial>(p);
     if (!d.mesh()->contains(world_rank)) {
       // Outside the mesh: nothing held; the local tensor may be undefined.
@@ -115,13 +115,6 @@ LeafInfo describe_leaf(const std::string& path, const StateValue& v, int world_r
     leaf.tensor = true;
     leaf.shape = s.metadata().global_shape;
     leaf.dtype = static_cast<int>(s.metadata().dtype);
-    std::string shards;
-    for (const auto& m : s.metadata().shards) {
-      shards += shape_text(m.offsets) + "+" + shape_text(m.sizes) + "@" + std::to_string(m.rank) + ";";
-    }
-    leaf.signature = "ShardedTensor " + shape_text(leaf.shape) + " in " +
-                     std::to_string(s.metadata().shards.size()) + " shards (layout " +
-                     hex_hash(fnv1a(shards)) + ")";
     try {
       validate_tiling(s.metadata(), s.process_group() ? s.process_group()->getSize() : 1);
     } catch (const ShardingError& e) {
@@ -230,6 +223,55 @@ std::vector<LeafInfo> decode_leaves(const std::string& data) {
     }
   }
   return leaves;
+}
+
+namespace {
+
+std::string placements_on(const DTensor& d, const std::string& mesh) {
+  return "DTensor " + to_string(d.placements()) + " on " + mesh;
+}
+
+}  // namespace
+
+std::string layout_signature(const LeafInfo& leaf) {
+  if (leaf.source == nullptr) return "";
+  if (leaf.source->is<DTensor>()) {
+    const DTensor& d = leaf.source->as<DTensor>();
+    return placements_on(d, d.mesh()->describe());
+  }
+  if (!leaf.source->is<ShardedTensor>()) return "";
+  const auto& meta = leaf.source->as<ShardedTensor>().metadata();
+  std::string shards;
+  for (const auto& m : meta.shards) {
+    shards += shape_text(m.offsets) + "+" + shape_text(m.sizes) + "@" + std::to_string(m.rank) + ";";
+  }
+  return "ShardedTensor " + shape_text(meta.global_shape) + " in " +
+         std::to_string(meta.shards.size()) + " shards (layout " + hex_hash(fnv1a(shards)) + ")";
+}
+
+std::uint64_t layout_hash(const std::vector<LeafInfo>& leaves) {
+  // A mesh's text grows with its ranks: hashed once per mesh, not once per key.
+  std::unordered_map<const DeviceMesh*, std::string> meshes;
+  std::uint64_t sum = 0;
+  for (const auto& leaf : leaves) {
+    if (leaf.source == nullptr) continue;
+    std::string sig;
+    if (leaf.source->is<DTensor>()) {
+      const DTensor& d = leaf.source->as<DTensor>();
+      auto it = meshes.find(d.mesh().get());
+      if (it == meshes.end()) {
+        it = meshes.emplace(d.mesh().get(), hex_hash(fnv1a(d.mesh()->describe()))).first;
+      }
+      sig = placements_on(d, it->second);
+    } else if (leaf.source->is<ShardedTensor>()) {
+      sig = layout_signature(leaf);
+    } else {
+      continue;
+    }
+    // A sum: the order of the keys does not matter.
+    sum += fnv1a(sig, fnv1a(leaf.path + '\n'));
+  }
+  return sum;
 }
 
 std::string leaf_text(const LeafInfo& leaf) {

@@ -38,9 +38,6 @@ struct LeafInfo {
   // A Partial placement: the pieces are reduced (DTensor::reduce_partials) before any value is
   // compared. Set on every rank that holds the key, in the mesh or not; cleared once reduced.
   bool partial = false;
-  // The layout every rank must agree on, for DTensors and ShardedTensors: placements and mesh,
-  // or the shard list ("" for other values). Described here, never sent with the leaves.
-  std::string signature;
   std::string scalar;   // canonical text of a plain value
   std::vector<std::string> elements;  // of a list of plain values: each element's text
   std::vector<Piece> pieces;
@@ -56,6 +53,12 @@ std::string plain_text(const StateValue& v);
 std::string layout_of(const LeafInfo& leaf);
 // "DTensor [7, 5] Float [Shard(0)]".
 std::string leaf_text(const LeafInfo& leaf);
+// The layout every rank must agree on, of a leaf described here: a DTensor's placements and
+// mesh, a ShardedTensor's shard list ("" for other values).
+std::string layout_signature(const LeafInfo& leaf);
+// A hash of every (path, layout_signature) of `leaves`, in any order: equal on two ranks when
+// they hold the same distributed keys with the same layouts. Each mesh is described once.
+std::uint64_t layout_hash(const std::vector<LeafInfo>& leaves);
 
 // This rank's leaves of `sd`, with its pieces as `world_rank` holds them. A value that cannot
 // be described (any exception) is a leaf whose `problem` says why, naming the rank.

@@ -14,7 +14,6 @@
 #include "check.hpp"
 #include "comm/bytes.hpp"
 #include "common/fields.hpp"
-#include "common/hash.hpp"
 #include "common/text.hpp"
 #include "exchange.hpp"
 #include "findings.hpp"
@@ -115,20 +114,15 @@ std::vector<Finding> shard_local(int rank, const std::vector<LeafInfo>& leaves,
 // ---------------------------------------------------------------------------------------------
 // What every rank must agree on before values are compared.
 
-// The (path, layout) of this rank's DTensors and ShardedTensors, by path.
+// The (path, layout) of this rank's DTensors and ShardedTensors: sent only when the ranks'
+// layout hashes differ.
 std::vector<std::pair<std::string, std::string>> layouts_of(const std::vector<LeafInfo>& leaves) {
   std::vector<std::pair<std::string, std::string>> out;
   for (const auto& l : leaves) {
-    if (!l.signature.empty()) out.emplace_back(l.path, l.signature);
+    std::string sig = layout_signature(l);
+    if (!sig.empty()) out.emplace_back(l.path, std::move(sig));
   }
-  std::sort(out.begin(), out.end());
   return out;
-}
-
-std::uint64_t layout_hash(const std::vector<std::pair<std::string, std::string>>& layouts) {
-  std::uint64_t h = detail::kFnvOffset;
-  for (const auto& [path, sig] : layouts) h = detail::fnv1a(sig, detail::fnv1a(path + '\n', h)) ^ 1;
-  return h;
 }
 
 // Keys whose layout differs between the ranks that hold them, each as a finding for every such
@@ -321,7 +315,6 @@ std::vector<std::vector<Finding>> gather_and_check(Context& context,
     return report({shard_local(rank, mine, ref, options)}, reference_keys, options);
   }
   const VerifyStrategy asked = effective_strategy(options, *context);
-  const auto layouts = layouts_of(mine);
   // One exchange settles the common case: every rank holds a reference and sends its shard-local
   // findings ('1'), with the hash of its layouts and whether it holds Partial values ('0' from a
   // rank without a reference, 'h' when the gather strategy is asked for or Partial values must
@@ -339,7 +332,7 @@ std::vector<std::vector<Finding>> gather_and_check(Context& context,
   }
   std::string first_value;
   put_field(first_value, std::string(1, flag));
-  put_field(first_value, std::to_string(layout_hash(layouts)));
+  put_field(first_value, std::to_string(layout_hash(mine)));
   put_field(first_value, partial ? "1" : "0");
   put_field(first_value, payload);
   const std::vector<std::string> first = detail::exchange_text(context.get(), "verify", first_value);
@@ -381,6 +374,7 @@ std::vector<std::vector<Finding>> gather_and_check(Context& context,
   std::vector<std::vector<Finding>> extra(static_cast<std::size_t>(size));
   std::set<std::string> disagree;
   if (std::any_of(hashes.begin(), hashes.end(), [&](const std::string& h) { return h != hashes[0]; })) {
+    const auto layouts = layouts_of(mine);
     std::string mine_text;
     put_field(mine_text, std::to_string(layouts.size()));
     for (const auto& [path, sig] : layouts) {
