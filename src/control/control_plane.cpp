@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "c10dtest/error.hpp"
+#include "common/text.hpp"
 
 namespace c10dtest {
 
@@ -135,20 +136,21 @@ std::unique_ptr<ControlPlane> ControlPlane::connect(const LaunchInfo& launch,
           auto tcp = make_tcp("127.0.0.1", port, false, size, std::chrono::milliseconds(2000));
           auto candidate = std::unique_ptr<ControlPlane>(
               new ControlPlane(rank, size, "127.0.0.1", port, prefix, tcp, ""));
-          if (candidate->check({"hello"}) &&
-              text(candidate->store_->get("hello")) == launch.job_id) {
-            cp = std::move(candidate);
-            break;
-          }
-          last_error = "port " + std::to_string(port) + " answered for another job";
+          // A wait, which gives up after its timeout, not a check: LibTorch 1.13's check has
+          // no timeout, and rank 0 stopped after it published its port would hold this rank
+          // for good. The key lives under this job's prefix: another job's store lacks it.
+          candidate->store_->wait({"hello"}, std::chrono::milliseconds(2000));
+          cp = std::move(candidate);
+          break;
         } catch (const std::exception& e) {
-          last_error = "port " + std::to_string(port) + ": " + e.what();
+          last_error = "port " + std::to_string(port) + ": " + detail::first_line(e.what());
         }
       }
       if (Clock::now() >= stall_at) {
         const auto waited = std::chrono::duration_cast<std::chrono::milliseconds>(
             Clock::now() - start);
-        throw RendezvousError(launch.describe() + ": rank 0 did not publish its store in " +
+        throw RendezvousError(launch.describe() + ": rank 0 of " + std::to_string(size) +
+                              " did not publish its store in " +
                               launch.rendezvous_file + " within " +
                               std::to_string(waited.count()) + " ms (" + last_error +
                               "): it was stopped, crashed or never started");

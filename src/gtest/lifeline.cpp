@@ -225,7 +225,15 @@ void Lifeline::connect(ControlPlane& cp, milliseconds timeout) {
     return;
   }
   // Rank 0 publishes it right after its store is up: waiting longer than the heartbeat timeout
-  // means rank 0 stopped or died.
+  // means rank 0 stopped or died (and if it stopped, the store call may not return at all: the
+  // thread watches from now on).
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    awaiting_zero_ = true;
+  }
+  const char watch = 0;
+  const ssize_t woken = write(g_sig_write, &watch, 1);
+  (void)woken;
   std::istringstream in(cp.get("lifeline", std::min(timeout, heartbeat_)));
   std::string host;
   std::string port;
@@ -258,6 +266,7 @@ void Lifeline::connect(ControlPlane& cp, milliseconds timeout) {
     std::lock_guard<std::mutex> lock(mu_);
     peers_[0].fd = fd;
     peers_[0].joined = true;
+    awaiting_zero_ = false;
   }
   g_fds[0].store(fd);
   const char wake = 0;
@@ -277,8 +286,20 @@ void Lifeline::say_bye() {
   }
 }
 
+bool Lifeline::reached_rank_zero() {
+  if (launch_.rank == 0) return true;
+  std::lock_guard<std::mutex> lock(mu_);
+  return peers_[0].joined;
+}
+
 void Lifeline::close() {
   if (!thread_.joinable()) return;
+  // From here a termination signal takes its default action: nobody would read it, and the
+  // process must not then exit 0 as if it had never come. One that came before is in the pipe
+  // (or noted by the thread): the thread acts on it on its way out.
+  if (owns_this_process()) {
+    for (int sig : {SIGTERM, SIGINT, SIGHUP}) signal(sig, SIG_DFL);
+  }
   stopping_ = true;
   const char stop = 0;
   const ssize_t ignored = write(g_sig_write, &stop, 1);
@@ -365,6 +386,16 @@ void Lifeline::loop() {
     if (settle_until_ != Clock::time_point::max() && Clock::now() >= settle_until_) decide();
     keep_in_touch();
   }
+  // Closing. A termination signal still in the pipe, or read but not yet acted on (rank 0 waits
+  // a moment for news of a death first), ends the run now: the run may have finished within
+  // that moment, and a run that a signal interrupted never passes.
+  char buf[64];
+  for (ssize_t got; (got = read(sig_read_, buf, sizeof(buf))) > 0;) {
+    for (ssize_t k = 0; k < got; ++k) {
+      if (buf[k] != 0) on_own_signal(buf[k]);
+    }
+  }
+  if (!g_claimed.load() && own_signal_ != 0) decide();
 }
 
 void Lifeline::accept_one() {

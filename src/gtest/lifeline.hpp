@@ -56,6 +56,9 @@ class Lifeline {
   void connect(ControlPlane& cp, std::chrono::milliseconds timeout);
   // This rank leaves in order (after the last test): its connections closing is no death.
   void say_bye();
+  // Rank 0, or a rank that has joined rank 0's lifeline. A start-up that failed on a rank that
+  // never reached rank 0 may be rank 0's fault: that rank completes the report itself.
+  bool reached_rank_zero();
   // Stops the thread and closes the connections (the very last step of an orderly exit).
   void close();
 
@@ -110,6 +113,9 @@ class Lifeline {
   void read_peer(int rank);
   // Rank 0: picks the rank to blame among the events seen, once they have settled.
   void decide();
+  // The "[  DEAD    ] ..." or "[  ENDED   ] ..." line rank 0 would end the run with now, from
+  // the events seen so far; "" when there is nothing to end the run for.
+  std::string verdict_line() const;
   void on_own_signal(int sig);
   // Ranks > 0: rank 0 died (its connection closed without a verdict).
   void rank_zero_died();
@@ -143,6 +149,10 @@ class Lifeline {
   std::chrono::steady_clock::time_point last_wake_{};
   std::chrono::steady_clock::time_point last_ping_{};
   std::chrono::steady_clock::time_point last_heard_{};  // ranks > 0: data from rank 0
+  // Ranks > 0, under mu_: connect() reached rank 0's store and now waits for its lifeline. A
+  // rank 0 stopped in that moment leaves the main thread in a store call that may not return
+  // for the whole store timeout; the thread names it after the heartbeat timeout instead.
+  bool awaiting_zero_ = false;
   std::chrono::milliseconds longest_pause_{0};
 };
 

@@ -9,6 +9,8 @@
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <fstream>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -57,6 +59,26 @@ void agree_on_shuffle_seed(ControlPlane& cp, const RunOptions& options) {
 
 // The rank and world size the launcher's environment suggests, read before anything can fail, so
 // that the crash handlers name the rank from the first moment; -1 when none is set.
+// After a self-spawned run that the supervisor ended: when rank 0 left no report at all (it was
+// still starting, or the fault came before it wrote one), the supervisor writes one that names
+// what it saw, so that CI never finds a missing or empty report after a fault.
+void complete_report_after_spawn(int world_size, const std::string& fault) {
+  const std::string path = detail::Report::path_from_gtest_flag();
+  if (path.empty() || fault.empty()) return;
+  {
+    std::ifstream in(path);
+    const std::string xml((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (xml.find("<testcase") != std::string::npos) return;  // a rank reported
+  }
+  detail::Report report(path, true, 0, world_size);
+  const auto now = std::chrono::system_clock::now().time_since_epoch();
+  report.start_iteration(std::chrono::duration_cast<std::chrono::milliseconds>(now).count(),
+                         GTEST_FLAG_GET(random_seed));
+  report.begin("c10dtest", "start-up", "", 0, "start-up");
+  report.write_fault("c10dtest: " + fault + "; the run ended before rank 0 reported any test "
+                     "(written by the self-spawn supervisor)");
+}
+
 void guess_rank(int* rank, int* size) {
   const char* pairs[][2] = {{"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"},
                             {"C10DTEST_SPAWN_RANK", "C10DTEST_SPAWN_WORLD_SIZE"},
@@ -97,7 +119,10 @@ int init(int* argc, char** argv) {
     const LaunchInfo launch = detect_launch(env, options.spawn_world_size);
     if (launch.launcher == Launcher::kSelfSpawnParent) {
       detail::mark_rank_process(false);
-      return detail::spawn_and_supervise(original, launch.world_size);
+      std::string fault;
+      const int code = detail::spawn_and_supervise(original, launch.world_size, &fault);
+      complete_report_after_spawn(launch.world_size, fault);
+      return code;
     }
     // A death test's child re-runs this binary inside one rank: it must not join the world.
     if (!GTEST_FLAG_GET(internal_run_death_test).empty()) {
@@ -144,14 +169,19 @@ int init(int* argc, char** argv) {
   } catch (const std::exception& e) {
     std::fprintf(stderr, "c10dtest: %s\n", e.what());
     std::fflush(stderr);
+    // Rank 0 writes the report; so does a rank that never reached rank 0, which may be the one
+    // that stopped or died (each writes a whole file and renames it into place). At once, and
+    // again after the wait below: a launcher that ends the job when another rank exits may kill
+    // this one within that wait.
+    detail::Lifeline* lifeline = detail::Lifeline::get();
+    const bool writes = report != nullptr &&
+                        (report->writer() || (lifeline != nullptr && !lifeline->reached_rank_zero()));
+    const std::string cause = std::string("c10dtest: ") + e.what();
+    if (writes) report->write_provisional_fault(cause);
     // A start-up that failed because a rank died or stopped is reported by the lifeline: let it
     // name the rank before this error is taken for the cause.
-    if (detail::Lifeline* lifeline = detail::Lifeline::get()) {
-      lifeline->await_explanation(std::chrono::milliseconds(500));
-    }
-    if (report != nullptr && report->writer()) {
-      report->write_fault(std::string("c10dtest: ") + e.what());
-    }
+    if (lifeline != nullptr) lifeline->await_explanation(std::chrono::milliseconds(500));
+    if (writes) report->write_fault(cause);
     // Each rank stops with its own reason: closing the lifeline now is no death.
     if (detail::Lifeline* lifeline = detail::Lifeline::get()) lifeline->say_bye();
     return kExitConfigError;

@@ -234,7 +234,17 @@ void Report::add_test(const ::testing::TestInfo& info) {
            attr("status", "run") + attr("result", c.skipped ? "skipped" : "completed") +
            attr("time", seconds(c.time_ms)) + attr("timestamp", iso8601(result.start_timestamp())) +
            attr("classname", info.test_suite_name()) + close_case(result_body(result, own_tag_));
-  add_case(info.test_suite_name(), std::move(c));
+  std::lock_guard<std::mutex> lock(mu_);
+  suite_named(info.test_suite_name()).cases.push_back(std::move(c));
+  // With the record, under one lock: until the listener begins what comes next, a fault
+  // interrupts the suite's own code, never this test a second time (once passed, once failed).
+  // The crash handler's copy, prepared at the test's start, already says the test failed.
+  now_suite_ = info.test_suite_name();
+  now_name_ = "SetUpTestSuite or TearDownTestSuite";
+  now_file_.clear();
+  now_line_ = 0;
+  now_display_ = now_suite_ + " (SetUpTestSuite, TearDownTestSuite or fixture code)";
+  now_start_ms_ = now_ms();
 }
 
 void Report::add_suite_failure(const ::testing::TestSuite& suite) {
@@ -350,6 +360,14 @@ void Report::write_fault(const std::string& cause) {
   if (!enabled()) return;
   std::lock_guard<std::mutex> lock(mu_);
   if (sealed_.exchange(true)) return;
+  const Case c = fault_case(cause);
+  write_locked(render(now_suite_, &c));
+}
+
+void Report::write_provisional_fault(const std::string& cause) {
+  if (!enabled()) return;
+  std::lock_guard<std::mutex> lock(mu_);
+  if (sealed_) return;
   const Case c = fault_case(cause);
   write_locked(render(now_suite_, &c));
 }

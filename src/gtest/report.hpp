@@ -58,6 +58,10 @@ class Report {
   // Completes the file for a run that ends now: the work in progress fails with `cause`.
   // Writes whatever this process is (the caller decides who reports); later writes are ignored.
   void write_fault(const std::string& cause);
+  // The same, but a later write_fault() (a better explanation, found after a moment's wait)
+  // still replaces it: written at once, so that a launcher's SIGKILL during that moment leaves
+  // a report that names the fault.
+  void write_provisional_fault(const std::string& cause);
 
   // Async-signal-safe, for a fatal signal on the writer (rank 0, or world size 1): completes the
   // file as write_fault() would, from a copy prepared at the latest begin(), with `cause` (plain

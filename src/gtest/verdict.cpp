@@ -32,13 +32,36 @@ std::string Lifeline::supervisor_note(int* rank) const {
 void Lifeline::decide() {
   settle_until_ = Clock::time_point::max();
   const int size = launch_.world_size;
+  std::vector<int> lost;
+  for (int r = 1; r < size; ++r) {
+    if (peers_[static_cast<std::size_t>(r)].lost_zero) lost.push_back(r);
+  }
+  if (!lost.empty()) {
+    // The others left because this rank did not answer: it was stopped or starved.
+    const Peer& p = peers_[static_cast<std::size_t>(lost.front())];
+    std::ostringstream os;
+    os << "[  DEAD    ] " << rank_of(0, size) << " (this rank) stopped answering: "
+       << rank_of(lost.front(), size) << " reported " << p.text << " during " << in_progress();
+    if (longest_pause_.count() > 0) {
+      os << " (this process was stopped for " << longest_pause_.count() << " ms)";
+    }
+    os << "\nc10dtest: ending all ranks (exit code " << kExitRankDied << ")\n";
+    end_run(kExitRankDied, os.str(), os.str());
+  }
+  const std::string line = verdict_line();
+  if (line.empty()) return;
+  const std::string text = line + "\nc10dtest: ending all ranks (exit code " +
+                           std::to_string(kExitRankDied) + ")\n";
+  end_run(kExitRankDied, text, text);
+}
+
+std::string Lifeline::verdict_line() const {
+  const int size = launch_.world_size;
   // Who to blame: a crash or a silent death first, then a terminated rank.
   int culprit = -1;
   int best = 0;
-  std::vector<int> lost;
   for (int r = 1; r < size; ++r) {
     const Peer& p = peers_[static_cast<std::size_t>(r)];
-    if (p.lost_zero) lost.push_back(r);
     int score = 0;
     if (p.kind == 'C' || (p.closed && !p.bye && !p.lost_zero && p.kind == 0)) {
       score = 3;
@@ -56,19 +79,7 @@ void Lifeline::decide() {
   // A terminated rank is the cause only if this rank was not terminated too: a launcher ending
   // the whole job (after a death it saw and c10dtest did not) sends everybody SIGTERM.
   if (best == 2 && own_signal_ != 0) culprit = -1;
-  if (!lost.empty()) {
-    // The others left because this rank did not answer: it was stopped or starved.
-    const Peer& p = peers_[static_cast<std::size_t>(lost.front())];
-    std::ostringstream os;
-    os << "[  DEAD    ] " << rank_of(0, size) << " (this rank) stopped answering: "
-       << rank_of(lost.front(), size) << " reported " << p.text << during;
-    if (longest_pause_.count() > 0) {
-      os << " (this process was stopped for " << longest_pause_.count() << " ms)";
-    }
-    os << "\nc10dtest: ending all ranks (exit code " << kExitRankDied << ")\n";
-    end_run(kExitRankDied, os.str(), os.str());
-  }
-  if (culprit < 0 && own_signal_ == 0) return;
+  if (culprit < 0 && own_signal_ == 0) return "";
   std::ostringstream os;
   if (!note.empty() && noted > 0 && noted < size) {
     os << "[  DEAD    ] " << rank_of(noted, size) << " " << note << during;
@@ -95,8 +106,7 @@ void Lifeline::decide() {
       os << " (" << rank_list(missing) << " of " << size << " had not connected yet)";
     }
   }
-  os << "\nc10dtest: ending all ranks (exit code " << kExitRankDied << ")\n";
-  end_run(kExitRankDied, os.str(), os.str());
+  return os.str();
 }
 
 void Lifeline::on_own_signal(int sig) {
@@ -158,8 +168,9 @@ void Lifeline::report_rank_zero(const std::string& what) {
   if (launch_.rank == 1) {
     std::fputs(line.c_str(), stdout);
   } else {
-    std::fprintf(stderr, "c10dtest: %s lost the control plane served by rank 0: rank 0 %s; "
-                 "ending this rank\n", rank_of(launch_.rank, size).c_str(), what.c_str());
+    std::fprintf(stderr, "c10dtest: %s lost the control plane served by rank 0: %s %s; "
+                 "ending this rank\n", rank_of(launch_.rank, size).c_str(),
+                 rank_of(0, size).c_str(), what.c_str());
   }
   flush_and_exit(kExitRankDied);
 }
@@ -264,24 +275,27 @@ void Lifeline::keep_in_touch() {
     return;
   }
   bool watching = false;
+  bool awaiting = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
     watching = peers_[0].joined && !peers_[0].closed;
+    awaiting = awaiting_zero_;
   }
-  if (!watching) {
+  if (!watching && !awaiting) {
     last_heard_ = now;
     return;
   }
   const auto silent = std::chrono::duration_cast<milliseconds>(now - last_heard_);
   if (silent <= heartbeat_ + kPingGrace) return;
-  {
+  if (watching) {
     std::lock_guard<std::mutex> lock(mu_);
     send_line(peers_[0].fd, "Lheard nothing from rank 0 for " + std::to_string(silent.count()) +
                                 " ms\n");
   }
   report_rank_zero("stopped answering: " + rank_of(launch_.rank, launch_.world_size) +
-                   " heard nothing from it for " + std::to_string(silent.count()) +
-                   " ms during " + in_progress());
+                   " heard nothing from it for " + std::to_string(silent.count()) + " ms" +
+                   (watching ? "" : " (its store answered, its lifeline address never came)") +
+                   " during " + in_progress());
 }
 
 }  // namespace c10dtest::detail

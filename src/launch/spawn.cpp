@@ -68,7 +68,10 @@ void leave_note(const std::string& dir, int rank, const std::string& text) {
 
 }  // namespace
 
-int spawn_and_supervise(const std::vector<std::string>& args, int world_size) {
+int spawn_and_supervise(const std::vector<std::string>& args, int world_size,
+                        std::string* first_fault) {
+  std::string ignored_fault;
+  std::string& fault = first_fault != nullptr ? *first_fault : ignored_fault;
   const std::string base = private_runtime_dir(process_env());
   std::string dir_template = base + "/spawn-XXXXXX";
   if (mkdtemp(dir_template.data()) == nullptr) {
@@ -141,6 +144,8 @@ int spawn_and_supervise(const std::vector<std::string>& args, int world_size) {
             std::fprintf(stderr,
                          "c10dtest: rank %d of %d (pid %d) %s; ending the other ranks\n", r,
                          world_size, static_cast<int>(pid), describe_status(status).c_str());
+            fault = "rank " + std::to_string(r) + " of " + std::to_string(world_size) + " (pid " +
+                    std::to_string(pid) + ") " + describe_status(status);
             leave_note(dir, r, describe_status(status));
             abnormal = true;
             ending = true;
@@ -162,6 +167,8 @@ int spawn_and_supervise(const std::vector<std::string>& args, int world_size) {
     if (pid < 0 && errno != EINTR) break;
     const auto now = Clock::now();
     if (g_forward_signal != 0 && !ending) {
+      fault = std::string("the self-spawn supervisor received ") + strsignal(g_forward_signal) +
+              ": the launcher or a user ended the run";
       ending = true;
       abnormal = true;
       end_others(g_forward_signal);
@@ -176,6 +183,9 @@ int spawn_and_supervise(const std::vector<std::string>& args, int world_size) {
                        "ending them\n",
                        r, world_size, static_cast<int>(rk.pid),
                        describe_status(rk.status).c_str());
+          fault = "rank " + std::to_string(r) + " of " + std::to_string(world_size) + " (pid " +
+                  std::to_string(rk.pid) + ") " + describe_status(rk.status) +
+                  " while other ranks kept running";
           // 3 and 4 say that the rank ended itself because of another's fault: no culprit.
           if (WEXITSTATUS(rk.status) > kExitRankDied) {
             leave_note(dir, r, describe_status(rk.status) + " while the other ranks kept running");

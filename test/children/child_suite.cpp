@@ -16,6 +16,15 @@
 
 namespace {
 
+// C10DTEST_CHILD_KILLED_BEFORE_MAIN=<rank>: that self-spawned rank kills itself with SIGKILL
+// before main, before c10dtest exists in it (as the OOM killer might while LibTorch loads).
+const bool kKilledBeforeMain = [] {
+  const char* victim = std::getenv("C10DTEST_CHILD_KILLED_BEFORE_MAIN");
+  const char* rank = std::getenv("C10DTEST_SPAWN_RANK");
+  if (victim != nullptr && rank != nullptr && std::string(victim) == rank) std::raise(SIGKILL);
+  return victim != nullptr;
+}();
+
 class Failures : public c10dtest::DistributedTest {};
 
 TEST_F(Failures, OnlyRankTwoFails) {
@@ -136,6 +145,14 @@ TEST_F(Dies, VictimDies) {
 }
 
 TEST_F(Dies, NeverRuns) { ADD_FAILURE() << "ran after a rank died"; }
+
+// Rank 0 receives SIGTERM in the run's last test and carries on, so the run ends within the
+// moment rank 0's lifeline waits for news of a death before it acts on its own signal.
+class LateTerm : public c10dtest::DistributedTest {};
+
+TEST_F(LateTerm, RankZeroIsTerminatedAndTheRunEndsAtOnce) {
+  if (rank() == 0) std::raise(SIGTERM);
+}
 
 // A gtest death test forks a child that inherits the rank's handlers and its connection to rank
 // 0: the child's crash must stay the child's (killed by its signal), not end the run.

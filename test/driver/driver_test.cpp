@@ -250,7 +250,7 @@ TEST_P(ChildSuite, RanksCutOffFromRankZeroEndOnTheirOwn) {
   // line of its own (mpirun may end rank 1 before it prints, once rank 2 has exited).
   EXPECT_TRUE(o.output.find("[  DEAD    ] rank 0 of 3 stopped answering: rank 1 of 3 ") !=
                   std::string::npos ||
-              o.output.find("lost the control plane served by rank 0: rank 0 stopped "
+              o.output.find("lost the control plane served by rank 0: rank 0 of 3 stopped "
                             "answering") != std::string::npos)
       << o.output;
   // Resumed by mpirun, rank 0 finds it was the one the others lost: it blames only itself.
@@ -353,6 +353,18 @@ TEST_P(ChildSuite, ReportSurvivesEveryDeathAndBlamesTheRightRank) {
     EXPECT_EQ(processes_tagged(tag_), 0) << "ranks outlived the run";
   }
   fs::remove_all(dir);
+}
+
+// A SIGTERM that comes just before the run ends is never dropped: the run does not pass, and
+// rank 0 says why (before the fix, the lifeline closed while it waited for news of a death, and
+// every rank exited 0).
+TEST_P(ChildSuite, SigtermJustBeforeTheEndNeverPasses) {
+  const Outcome o = run_child(4, "--gtest_filter=LateTerm.* --c10dtest_timeout=120");
+  EXPECT_EQ(o.exit_code, kExitRankDied) << o.output;
+  EXPECT_NE(o.output.find("[  ENDED   ] rank 0 of 4 received SIGTERM during "), std::string::npos)
+      << o.output;
+  EXPECT_TRUE(blamed(o.output).empty()) << o.output;
+  EXPECT_EQ(processes_tagged(tag_), 0) << "ranks outlived the run";
 }
 
 TEST_P(ChildSuite, ReportHoldsEveryFinishedTestWhileTheRunGoesOn) {
@@ -523,6 +535,34 @@ TEST_P(ChildSuite, HangInTearDownTestSuiteHitsTheWatchdog) {
 
 INSTANTIATE_TEST_SUITE_P(Launchers, ChildSuite, ::testing::Values(Launch::kMpirun, Launch::kSelf),
                          [](const auto& info) { return launch_name(info.param); });
+
+// A rank that dies before main, before any rank has reported a test: the self-spawn supervisor
+// saw it, and the XML report names it (written by rank 0 from the supervisor's note, or by the
+// supervisor itself when rank 0 was ended before it could write).
+TEST(SelfSpawnOnly, RankKilledBeforeMainIsNamedInTheReport) {
+  const std::string tag = unique_tag();
+  const fs::path dir = fs::temp_directory_path() / ("c10dtest-xml-early-" + tag);
+  fs::create_directories(dir);
+  const fs::path file = dir / "r.xml";
+  const Outcome o = run("C10DTEST_CHILD_KILLED_BEFORE_MAIN=1 " +
+                        child(Launch::kSelf, 4,
+                              "--gtest_color=no --gtest_filter=Passing.* --gtest_output=xml:" +
+                                  file.string(),
+                              tag));
+  EXPECT_EQ(o.exit_code, kExitRankDied) << o.output;
+  EXPECT_NE(o.output.find("rank 1 of 4 (pid "), std::string::npos) << o.output;
+  ASSERT_TRUE(fs::exists(file)) << o.output;
+  std::string why;
+  EXPECT_TRUE(python_parses_xml(file, &why)) << why;
+  std::ifstream in(file);
+  const std::string xml((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const auto failure = xml.find("<failure message=");
+  ASSERT_NE(failure, std::string::npos) << xml;
+  EXPECT_NE(xml.find("rank 1 of 4", failure), std::string::npos) << xml;
+  EXPECT_NE(xml.find("was killed by signal 9", failure), std::string::npos) << xml;
+  EXPECT_EQ(processes_tagged(tag), 0) << "ranks outlived the run";
+  fs::remove_all(dir);
+}
 
 TEST(MpirunOnly, DifferentTestListsOnTheRanksAreAClearError) {
   if (std::string(C10DTEST_MPIEXEC).empty()) GTEST_SKIP() << "no mpiexec found at configure time";
