@@ -65,6 +65,13 @@ constexpr milliseconds kPauseGap{1000};
 
 std::atomic<Lifeline*> g_lifeline{nullptr};
 int g_sig_write = -1;
+
+// Wakes the thread (a 0 byte in the signal pipe: not a signal).
+void wake_thread() {
+  const char wake = 0;
+  const ssize_t ignored = write(g_sig_write, &wake, 1);
+  (void)ignored;
+}
 // The connections the crash handler writes to (rank 0: one per rank; others: rank 0's).
 std::unique_ptr<std::atomic<int>[]> g_fds;
 std::atomic<int> g_fd_count{0};
@@ -219,9 +226,7 @@ void Lifeline::connect(ControlPlane& cp, milliseconds timeout) {
       host = name;
     }
     cp.set("lifeline", host + " " + std::to_string(ntohs(addr.sin_port)) + " " + token.str());
-    const char wake = 0;  // the thread starts watching the listening socket
-    const ssize_t ignored = write(g_sig_write, &wake, 1);
-    (void)ignored;
+    wake_thread();  // the thread starts watching the listening socket
     return;
   }
   // Rank 0 publishes it right after its store is up: waiting longer than the heartbeat timeout
@@ -231,9 +236,7 @@ void Lifeline::connect(ControlPlane& cp, milliseconds timeout) {
     std::lock_guard<std::mutex> lock(mu_);
     awaiting_zero_ = true;
   }
-  const char watch = 0;
-  const ssize_t woken = write(g_sig_write, &watch, 1);
-  (void)woken;
+  wake_thread();
   std::istringstream in(cp.get("lifeline", std::min(timeout, heartbeat_)));
   std::string host;
   std::string port;
@@ -269,9 +272,7 @@ void Lifeline::connect(ControlPlane& cp, milliseconds timeout) {
     awaiting_zero_ = false;
   }
   g_fds[0].store(fd);
-  const char wake = 0;
-  const ssize_t ignored = write(g_sig_write, &wake, 1);
-  (void)ignored;
+  wake_thread();
 }
 
 void Lifeline::send_line(int fd, const std::string& line) {
@@ -301,9 +302,7 @@ void Lifeline::close() {
     for (int sig : {SIGTERM, SIGINT, SIGHUP}) signal(sig, SIG_DFL);
   }
   stopping_ = true;
-  const char stop = 0;
-  const ssize_t ignored = write(g_sig_write, &stop, 1);
-  (void)ignored;
+  wake_thread();
   if (std::this_thread::get_id() != thread_id_) thread_.join();
   std::lock_guard<std::mutex> lock(mu_);
   g_fd_count.store(0);
@@ -371,11 +370,7 @@ void Lifeline::loop() {
     for (std::size_t i = 0; n > 0 && i < fds.size(); ++i) {
       if (fds[i].revents == 0) continue;
       if (who[i] == -1) {
-        char buf[64];
-        const ssize_t got = read(sig_read_, buf, sizeof(buf));
-        for (ssize_t k = 0; k < got; ++k) {
-          if (buf[k] != 0) on_own_signal(buf[k]);
-        }
+        read_signals();
       } else if (who[i] == -2) {
         accept_one();
       } else if (who[i] >= 0) {
@@ -389,13 +384,18 @@ void Lifeline::loop() {
   // Closing. A termination signal still in the pipe, or read but not yet acted on (rank 0 waits
   // a moment for news of a death first), ends the run now: the run may have finished within
   // that moment, and a run that a signal interrupted never passes.
-  char buf[64];
-  for (ssize_t got; (got = read(sig_read_, buf, sizeof(buf))) > 0;) {
-    for (ssize_t k = 0; k < got; ++k) {
-      if (buf[k] != 0) on_own_signal(buf[k]);
-    }
+  while (read_signals()) {
   }
   if (!g_claimed.load() && own_signal_ != 0) decide();
+}
+
+bool Lifeline::read_signals() {
+  char buf[64];
+  const ssize_t got = read(sig_read_, buf, sizeof(buf));
+  for (ssize_t k = 0; k < got; ++k) {
+    if (buf[k] != 0) on_own_signal(buf[k]);  // 0 only wakes the thread
+  }
+  return got > 0;
 }
 
 void Lifeline::accept_one() {

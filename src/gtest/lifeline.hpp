@@ -113,6 +113,8 @@ class Lifeline {
   void read_peer(int rank);
   // Rank 0: picks the rank to blame among the events seen, once they have settled.
   void decide();
+  // Reads what the signal pipe holds and acts on each termination signal; false when empty.
+  bool read_signals();
   // The "[  DEAD    ] ..." or "[  ENDED   ] ..." line rank 0 would end the run with now, from
   // the events seen so far; "" when there is nothing to end the run for.
   std::string verdict_line() const;
