@@ -49,4 +49,28 @@ TEST_F(Checkpoint, ReferenceOnRankZeroOnly) {
   C10DTEST_EXPECT_STATE_DICT_MATCHES(reference, ddp.model_state_dict());
 }
 
+// Hand-built sharded state: a row-parallel layer's output held as Partial(sum) (each rank's
+// addend), and a second pipeline stage whose weights live on a mesh over half of the ranks. The
+// verifier reduces Partial values before it compares them, and ranks outside a value's mesh take
+// part without holding any of it: every rank gets the same verdict.
+TEST_F(Checkpoint, PartialValuesAndASubMesh) {
+  at::manual_seed(3);
+  const at::Tensor out = at::randn({4, 6});
+  const at::Tensor stage2 = at::randn({5, 3});
+  c10dtest::StateDict reference;
+  reference.insert("stage1.out", out);
+  reference.insert("stage2.weight", stage2);
+
+  const auto world = c10dtest::DeviceMesh::create({world_size()});
+  std::vector<int> half;
+  for (int r = 0; r < std::max(1, world_size() / 2); ++r) half.push_back(r);
+  const auto stage2_mesh = c10dtest::DeviceMesh::create({static_cast<std::int64_t>(half.size())}, half);
+  // Each rank's addend: rank 0 holds `out`, the others zeros (distribute_tensor's Partial(sum)).
+  c10dtest::StateDict dist;
+  dist.insert("stage1.out", c10dtest::distribute_tensor(out, world, {c10dtest::Partial{}}));
+  dist.insert("stage2.weight",
+              c10dtest::distribute_tensor(stage2, stage2_mesh, {c10dtest::Shard{0}}));
+  C10DTEST_EXPECT_STATE_DICT_MATCHES(reference, dist);
+}
+
 }  // namespace
