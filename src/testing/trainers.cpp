@@ -265,7 +265,7 @@ void DataParallelTrainer::step(const at::Tensor& input) {
   if (kind_ != Parallelism::Local) {
     const ChunkExtent rows = chunk_extent(input.size(0), mesh_->numel(),
                                           static_cast<std::int64_t>(mesh_->my_rank()));
-    batch = input.narrow(0, rows.offset, rows.length);
+    batch = batch.narrow(0, rows.offset, rows.length);
   }
   const bool sharded = kind_ == Parallelism::FSDP || kind_ == Parallelism::HSDP;
   if (sharded) unshard();
