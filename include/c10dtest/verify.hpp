@@ -51,8 +51,16 @@ const char* to_string(VerifyStrategy strategy);
 VerifyStrategy parse_verify_strategy(const std::string& name);
 
 struct VerifyOptions {
-  // Tolerances, NaN handling and dtype checking, as for compare_tensors.
+  // Tolerances, NaN handling, dtype checking and the closeness rule, as for compare_tensors.
   CompareOptions compare;
+  // Plain values (bool, int, float, and lists of them). By default they match as exact values:
+  // an int and a float of the same value match (1 and 1.0, as in Python), NaN matches NaN, and
+  // a bool matches only a bool (a flag that became a count is worth a failure). When true, as
+  // PyTorch's TestCase.assertEqual in _verify_msd/_verify_osd: a bool against a number compares
+  // truth values (True matches 3), and unless both are integers, numbers may differ by
+  // 1e-5 + 1.3e-6 * |dist value| (float32's assert_close tolerances: PyTorch compares a Python
+  // float as the default dtype).
+  bool python_numbers = false;
   // kAuto takes the run's --c10dtest_verify_strategy (C10DTEST_VERIFY_STRATEGY) when set.
   VerifyStrategy strategy = VerifyStrategy::kAuto;
   // As StateDictOptions::ignore_frozen_params: keys in `frozen_keys` may be missing from the
@@ -76,6 +84,11 @@ struct VerifyOptions {
   // The ranks that verify together (context.hpp): by default current_context() (the runner's
   // world in a test binary), else this process alone.
   ContextPtr context;
+
+  // The verdicts of PyTorch's VerifyStateDictMixin, for porting its tests: tensors compared as
+  // torch.allclose(reference, dist) (compare = torch_allclose()), plain values as its
+  // assertEqual (python_numbers). What still differs (and why) is in docs/api.md.
+  static VerifyOptions like_pytorch();
 };
 
 // Collective over the world. Compares every value of `dist` with the value under the same key in
@@ -118,6 +131,11 @@ class VerifyStateDictMixin {
   ::testing::AssertionResult compare_tensor(const at::Tensor& orig, const StateValue& dist);
   ::testing::AssertionResult compare_tensor(const at::Tensor& orig, const StateValue& dist,
                                             const VerifyOptions& options);
+  // The same, naming the value `key` in the message (else it is called 'tensor').
+  ::testing::AssertionResult compare_tensor(const at::Tensor& orig, const StateValue& dist,
+                                            const std::string& key);
+  ::testing::AssertionResult compare_tensor(const at::Tensor& orig, const StateValue& dist,
+                                            const VerifyOptions& options, const std::string& key);
 
   // _verify_msd: the reference model state dict `msd` against `dist_msd`. With
   // options.ignore_frozen_params, keys of options.frozen_keys may be missing.
@@ -179,8 +197,8 @@ class StateDictMatcher {
 class TensorMatcher {
  public:
   using is_gtest_matcher = void;
-  TensorMatcher(const at::Tensor& reference, VerifyOptions options)
-      : reference_(reference), options_(std::move(options)) {}
+  TensorMatcher(const at::Tensor& reference, VerifyOptions options, std::string key)
+      : reference_(reference), options_(std::move(options)), key_(std::move(key)) {}
   bool MatchAndExplain(const StateValue& dist, std::ostream* listener) const;
   bool MatchAndExplain(const at::Tensor& dist, std::ostream* listener) const;
   void DescribeTo(std::ostream* os) const;
@@ -189,6 +207,7 @@ class TensorMatcher {
  private:
   at::Tensor reference_;
   VerifyOptions options_;
+  std::string key_;
 };
 }  // namespace detail
 
@@ -196,13 +215,16 @@ class TensorMatcher {
 // They need no gMock header here; EXPECT_THAT does (#include <gmock/gmock.h>, link GTest::gmock):
 //   EXPECT_THAT(dist_msd, c10dtest::StateDictMatches(msd));
 //   EXPECT_THAT(dtensor_value, c10dtest::TensorMatches(full_reference));
+//   EXPECT_THAT(dtensor_value, c10dtest::TensorMatches(full_reference, {}, "l1.weight"));
 inline detail::StateDictMatcher StateDictMatches(const StateDict& reference,
                                                  VerifyOptions options = {}) {
   return detail::StateDictMatcher(reference, std::move(options));
 }
+// `key` names the value in the message.
 inline detail::TensorMatcher TensorMatches(const at::Tensor& reference,
-                                           VerifyOptions options = {}) {
-  return detail::TensorMatcher(reference, std::move(options));
+                                           VerifyOptions options = {},
+                                           std::string key = "tensor") {
+  return detail::TensorMatcher(reference, std::move(options), std::move(key));
 }
 
 namespace detail {
@@ -217,11 +239,12 @@ inline ::testing::AssertionResult format_verify_state_dict(const char*, const ch
                                                            const VerifyOptions& options) {
   return verify_state_dict(reference, dist, options);
 }
-inline ::testing::AssertionResult format_verify_tensor(const char*, const char*, const char*,
-                                                       const at::Tensor& reference,
+// The value is named in the message by the expression that gives it.
+inline ::testing::AssertionResult format_verify_tensor(const char*, const char* dist_text,
+                                                       const char*, const at::Tensor& reference,
                                                        const StateValue& dist,
                                                        const VerifyOptions& options) {
-  return verify_tensor(reference, dist, options);
+  return verify_tensor(reference, dist, options, dist_text);
 }
 }  // namespace detail
 

@@ -1,6 +1,9 @@
 #include "check.hpp"
 
 #include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <optional>
 #include <sstream>
 #include <string_view>
 #include <unordered_map>
@@ -49,14 +52,6 @@ class PathIndex {
 
 }  // namespace
 
-std::string tolerance_text(const detail::ScanTolerance& t) {
-  std::ostringstream os;
-  os.precision(6);
-  os << "allowed: atol " << t.atol << " + rtol " << t.rtol << " * |expected|"
-     << (t.equal_nan ? ", NaN == NaN" : "");
-  return os.str();
-}
-
 std::string string_list_diff(const StateList& expected, const std::vector<std::string>& actual) {
   std::multiset<std::string> e;
   const std::multiset<std::string> a(actual.begin(), actual.end());
@@ -77,6 +72,92 @@ std::string string_list_diff(const StateList& expected, const std::vector<std::s
   if (out.empty()) out = "same elements in another order";
   return out;
 }
+
+namespace {
+
+// A plain number from its canonical text (plain_text: "True", "3", "0.25", "inf", "nan").
+struct Number {
+  bool is_bool = false;
+  bool integral = false;  // written without a fraction or exponent (1.0 is written "1")
+  long double value = 0;  // exact for every int64 and double (x86's 64-bit mantissa)
+};
+
+// `type`: the value's type name when known ("float" or "int"), else the text decides.
+std::optional<Number> parse_number(const std::string& text, const std::string& type = "") {
+  Number n;
+  if (text == "True" || text == "False") {
+    n.is_bool = true;
+    n.integral = true;
+    n.value = text == "True" ? 1 : 0;
+    return n;
+  }
+  if (text.empty() || text[0] == '\'' || text == "None" || text[0] == '[' || text[0] == '{') {
+    return std::nullopt;
+  }
+  char* end = nullptr;
+  n.value = std::strtold(text.c_str(), &end);
+  if (end == text.c_str() || *end != '\0') return std::nullopt;
+  n.integral = type == "int" ||
+               (type != "float" && text.find_first_of(".eEn") == std::string::npos);
+  return n;
+}
+
+// Whether plain numbers match. By default as exact values: an int and a float of the same value
+// match (1 and 1.0, as in Python), NaN matches NaN, a bool matches only a bool. With
+// `python_numbers`, as PyTorch's TestCase.assertEqual(reference, dist) in _verify_msd and
+// _verify_osd: a bool against a number compares truth values; unless both are integers, the
+// difference may be up to 1e-5 + 1.3e-6 * |dist| (a Python float is compared as the default
+// dtype, float32, with assert_close's tolerances for it); NaN matches NaN.
+bool numbers_match(const Number& dist, const Number& expected, bool python_numbers) {
+  const bool dist_nan = std::isnan(dist.value);
+  const bool expected_nan = std::isnan(expected.value);
+  // A bool against anything: PyTorch compares truth values (True matches 3 and NaN).
+  if (python_numbers && (dist.is_bool || expected.is_bool)) {
+    return (dist.value != 0) == (expected.value != 0);
+  }
+  if (dist_nan || expected_nan) return dist_nan && expected_nan;
+  if (!python_numbers) return dist.is_bool == expected.is_bool && dist.value == expected.value;
+  if (dist.value == expected.value) return true;
+  if (dist.integral && expected.integral) return false;
+  // A Python float is compared as the default dtype (float32): assert_close's float32 tolerances.
+  const long double diff = std::fabs(dist.value - expected.value);
+  return std::isfinite(static_cast<double>(diff)) &&
+         diff <= 1e-5L + 1.3e-6L * std::fabs(dist.value);
+}
+
+// Whether a plain value (or a list of plain values) of the reference matches the leaf's.
+bool plain_values_match(const StateValue& expected, const LeafInfo& leaf, bool python_numbers) {
+  auto one = [&](const StateValue& e, const std::string& d, const std::string& d_type) {
+    const std::string e_text = plain_text(e);
+    if (e_text == d && e.type_name() == d_type) return true;
+    const auto en = parse_number(e_text, e.type_name());
+    const auto dn = parse_number(d, d_type);
+    return en && dn && numbers_match(*dn, *en, python_numbers);
+  };
+  if (expected.is<StateList>()) {
+    const auto& l = expected.as<StateList>();
+    if (leaf.type != "list" || l.size() != leaf.elements.size()) return false;
+    for (std::size_t i = 0; i < l.size(); ++i) {
+      // The type of a received list's elements is not known: their texts tell.
+      if (!one(l[i], leaf.elements[i], "")) return false;
+    }
+    return true;
+  }
+  if (leaf.type == "list" || expected.is<StateDict>()) return false;
+  return one(expected, leaf.scalar, leaf.type);
+}
+
+// Whether two shapes broadcast together (numpy's rule).
+bool broadcastable(const std::vector<std::int64_t>& a, at::IntArrayRef b) {
+  for (std::size_t i = 1; i <= std::min(a.size(), b.size()); ++i) {
+    const std::int64_t x = a[a.size() - i];
+    const std::int64_t y = b[b.size() - i];
+    if (x != y && x != 1 && y != 1) return false;
+  }
+  return true;
+}
+
+}  // namespace
 
 RankCheck check_rank(int rank, const std::vector<LeafInfo>& leaves, const Reference& ref,
                      const VerifyOptions& options) {
@@ -125,7 +206,9 @@ RankCheck check_rank(int rank, const std::vector<LeafInfo>& leaves, const Refere
     }
     if (!leaf.tensor) {
       const std::string expected_text = ev.is<StateDict>() ? "{}" : plain_text(ev);
-      if (expected_text == leaf.scalar) continue;
+      if (expected_text == leaf.scalar || plain_values_match(ev, leaf, options.python_numbers)) {
+        continue;
+      }
       std::string text = leaf.scalar + " vs expected " + expected_text;
       if (ev.is<StateList>() && leaf.type == "list") {
         bool strings = true;
@@ -149,8 +232,13 @@ RankCheck check_rank(int rank, const std::vector<LeafInfo>& leaves, const Refere
     }
     if (!std::equal(leaf.shape.begin(), leaf.shape.end(), expected.sizes().begin(),
                     expected.sizes().end())) {
+      // PyTorch's _compare_tensor (torch.allclose) broadcasts; loading a state dict does not.
       problem(path, "(" + describe() + ") shape " + shape_text(leaf.shape) + " vs expected " +
-                        shape_text(expected.sizes()));
+                        shape_text(expected.sizes()) +
+                        (broadcastable(leaf.shape, expected.sizes())
+                             ? " (broadcastable, which torch.allclose would accept; a state dict "
+                               "must match exactly)"
+                             : ""));
       continue;
     }
     const auto dtype = static_cast<at::ScalarType>(leaf.dtype);
@@ -170,10 +258,11 @@ RankCheck check_rank(int rank, const std::vector<LeafInfo>& leaves, const Refere
                         " on the meta device: it holds no values to compare");
       continue;
     }
-    const auto defaults = default_tolerances(expected.scalar_type());
+    const auto defaults = default_tolerances(expected.scalar_type(), options.compare.rule);
     detail::ScanTolerance tol{options.compare.rtol.value_or(defaults.first),
                               options.compare.atol.value_or(defaults.second),
-                              options.compare.equal_nan};
+                              options.compare.equal_nan,
+                              options.compare.rule == CloseRule::kTorchAllclose};
     bool bounds_ok = true;
     for (const auto& p : leaf.pieces) {
       bool in = p.offsets.size() == leaf.shape.size() && p.sizes.size() == leaf.shape.size();

@@ -31,9 +31,6 @@ struct Comparison {
   at::Tensor expected;  // the whole reference tensor (the piece's offsets place the slice)
 };
 
-// "allowed: atol 1e-05 + rtol 1.3e-06 * |expected|".
-std::string tolerance_text(const detail::ScanTolerance& t);
-
 // What check_rank() finds for one rank: the findings settled by the descriptions alone, and the
 // value comparisons still to run, which compare() runs; finish() gives the rank's
 // findings in report order. A key whose values match costs no Finding (most keys, usually).
@@ -71,14 +68,11 @@ struct RankCheck {
         Finding& f = next->second;
         f.path = leaf.path;
         f.kind = Kind::kValues;
-        f.text = leaf_text(leaf) + "; " + tolerance_text(check.tol);
-        // Every piece was compared, the matching ones too.
-        f.stats.checked = 0;
-        for (const auto& p : leaf.pieces) {
-          std::int64_t n = 1;
-          for (auto d : p.sizes) n *= d;
-          f.stats.checked += n;
-        }
+        f.text = leaf_text(leaf) + "; " + detail::tolerance_text(check.tol);
+        // Counted per distinct element: the value's, not the pieces' (a copy is counted once).
+        f.stats.checked = 1;
+        for (auto d : leaf.shape) f.stats.checked *= d;
+        f.replica = leaf.replica;
         out.push_back(std::move(f));
       }
       if (i < findings.size()) out.push_back(std::move(findings[i]));

@@ -9,7 +9,17 @@
 
 namespace c10dtest {
 
-std::pair<double, double> default_tolerances(at::ScalarType dtype) {
+CompareOptions torch_allclose(double rtol, double atol, bool equal_nan) {
+  CompareOptions o;
+  o.rtol = rtol;
+  o.atol = atol;
+  o.equal_nan = equal_nan;
+  o.rule = CloseRule::kTorchAllclose;
+  return o;
+}
+
+std::pair<double, double> default_tolerances(at::ScalarType dtype, CloseRule rule) {
+  if (rule == CloseRule::kTorchAllclose) return {1e-5, 1e-8};
   switch (dtype) {
     case at::kHalf: return {1e-3, 1e-5};
     case at::kBFloat16: return {1.6e-2, 1e-5};
@@ -57,17 +67,16 @@ std::string where(const CompareContext& c, const at::Tensor& actual) {
   if (options.rtol.has_value() != options.atol.has_value()) {
     throw ConfigError("compare_tensors: set both rtol and atol, or neither");
   }
-  const auto defaults = default_tolerances(expected.scalar_type());
-  const double rtol = options.rtol.value_or(defaults.first);
-  const double atol = options.atol.value_or(defaults.second);
-
-  const detail::MismatchStats stats = detail::scan(
-      expected.detach(), actual.detach(), {rtol, atol, options.equal_nan}, context.offsets);
+  const auto defaults = default_tolerances(expected.scalar_type(), options.rule);
+  const detail::ScanTolerance tol{options.rtol.value_or(defaults.first),
+                                  options.atol.value_or(defaults.second), options.equal_nan,
+                                  options.rule == CloseRule::kTorchAllclose};
+  const detail::MismatchStats stats =
+      detail::scan(expected.detach(), actual.detach(), tol, context.offsets);
   if (stats.bad == 0) return ::testing::AssertionSuccess();
-  std::ostringstream os;
-  os << where(context, actual) << ": " << detail::describe(stats) << "; allowed: atol " << atol
-     << " + rtol " << rtol << " * |expected|" << (options.equal_nan ? ", NaN == NaN" : "");
-  return ::testing::AssertionFailure() << os.str();
+  return ::testing::AssertionFailure()
+         << where(context, actual) << ": " << detail::describe(stats) << "; "
+         << detail::tolerance_text(tol);
 }
 
 }  // namespace c10dtest

@@ -52,6 +52,9 @@ std::string encode_findings(const std::vector<Finding>& findings, std::int64_t r
     put_field(out, hex_double(f.stats.worst_abs));
     put_field(out, std::to_string(f.stats.worst_class));
     put_field(out, hex_double(f.stats.max_rel));
+    put_field(out, std::to_string(f.stats.nan_bad));
+    put_field(out, std::to_string(f.stats.inf_bad));
+    put_field(out, std::to_string(f.replica));
     put_ints(out, f.first_offsets);
     put_ints(out, f.first_sizes);
     put_field(out, f.whole ? "1" : "0");
@@ -75,6 +78,9 @@ std::vector<Finding> decode_findings(const std::string& data, std::int64_t* refe
     f.stats.worst_abs = std::strtod(r.next().c_str(), nullptr);
     f.stats.worst_class = static_cast<int>(r.number());
     f.stats.max_rel = std::strtod(r.next().c_str(), nullptr);
+    f.stats.nan_bad = r.number();
+    f.stats.inf_bad = r.number();
+    f.replica = r.number();
     f.first_offsets = read_ints(r);
     f.first_sizes = read_ints(r);
     f.whole = r.next() == "1";

@@ -20,6 +20,7 @@ struct Finding {
   std::vector<std::int64_t> first_offsets;  // the piece holding stats.first
   std::vector<std::int64_t> first_sizes;
   bool whole = true;  // that piece is the whole tensor
+  std::int64_t replica = 0;  // LeafInfo::replica of the rank that holds the pieces
 };
 
 Finding finding(const std::string& path, Kind kind, std::string text = "");

@@ -92,6 +92,7 @@ LeafInfo describe_leaf(const std::string& path, const StateValue& v, int world_r
     leaf.shape = t.sizes().vec();
     leaf.dtype = static_cast<int>(t.scalar_type());
     leaf.device = t.device();
+    leaf.replica = world_rank;
     leaf.pieces.push_back({zeros_like_shape(t.sizes()), t.sizes().vec(), t});
   } else if (v.is<DTensor>()) {
     const DTensor& d = v.as<DTensor>();
@@ -106,8 +107,16 @@ LeafInfo describe_leaf(const std::string& path, const StateValue& v, int world_r
     leaf.dtype = static_cast<int>(d.dtype());
     leaf.device = d.local().device();
     Piece piece;
-    detail::local_extent(d.global_shape(), d.placements(), *d.mesh(),
-                         d.mesh()->coordinate_of(world_rank), &piece.sizes, &piece.offsets);
+    const auto coord = d.mesh()->coordinate_of(world_rank);
+    detail::local_extent(d.global_shape(), d.placements(), *d.mesh(), coord, &piece.sizes,
+                         &piece.offsets);
+    for (std::size_t dim = 0; dim < coord.size() && dim < d.placements().size(); ++dim) {
+      if (std::holds_alternative<Shard>(d.placements()[dim])) continue;
+      leaf.replica = leaf.replica * d.mesh()->size(static_cast<int>(dim)) + coord[dim];
+    }
+    // The lines of a sub-mesh are disjoint meshes, each with its own copies: told apart by
+    // their first rank.
+    leaf.replica += static_cast<std::int64_t>(d.mesh()->ranks().front()) * d.mesh()->numel();
     piece.tensor = d.local();
     leaf.pieces.push_back(std::move(piece));
   } else if (v.is<ShardedTensor>()) {
@@ -188,6 +197,7 @@ std::string encode_leaves(const std::vector<LeafInfo>& leaves) {
     put_field(out, layout_of(l));
     put_field(out, l.problem);
     put_field(out, l.held ? "1" : "0");
+    put_field(out, std::to_string(l.replica));
     put_field(out, l.scalar);
     put_field(out, std::to_string(l.elements.size()));
     for (const auto& e : l.elements) put_field(out, e);
@@ -213,6 +223,7 @@ std::vector<LeafInfo> decode_leaves(const std::string& data) {
     l.layout = r.next();
     l.problem = r.next();
     l.held = r.next() == "1";
+    l.replica = r.number();
     l.scalar = r.next();
     l.elements.resize(static_cast<std::size_t>(r.number()));
     for (auto& e : l.elements) e = r.next();
@@ -247,6 +258,16 @@ std::string layout_signature(const LeafInfo& leaf) {
   }
   return "ShardedTensor " + shape_text(meta.global_shape) + " in " +
          std::to_string(meta.shards.size()) + " shards (layout " + hex_hash(fnv1a(shards)) + ")";
+}
+
+LayoutParts layout_parts(const LeafInfo& leaf) {
+  if (leaf.source != nullptr && leaf.source->is<DTensor>()) {
+    const DTensor& d = leaf.source->as<DTensor>();
+    return {"DTensor " + to_string(d.placements()) + " on a mesh of shape " +
+                shape_text(d.mesh()->shape()),
+            d.mesh()->ranks()};
+  }
+  return {layout_signature(leaf), {}};
 }
 
 std::uint64_t layout_hash(const std::vector<LeafInfo>& leaves) {

@@ -38,6 +38,11 @@ struct LeafInfo {
   // A Partial placement: the pieces are reduced (DTensor::reduce_partials) before any value is
   // compared. Set on every rank that holds the key, in the mesh or not; cleared once reduced.
   bool partial = false;
+  // Which copy of the value this rank's pieces belong to: ranks with the same replica hold
+  // disjoint pieces of one copy (a DTensor's coordinate along its Replicate and Partial mesh
+  // dims; the rank itself for a plain tensor; 0 for a ShardedTensor). Mismatches are counted per
+  // copy, so that replicas do not multiply the element counts.
+  std::int64_t replica = 0;
   std::string scalar;   // canonical text of a plain value
   std::vector<std::string> elements;  // of a list of plain values: each element's text
   std::vector<Piece> pieces;
@@ -56,6 +61,15 @@ std::string leaf_text(const LeafInfo& leaf);
 // The layout every rank must agree on, of a leaf described here: a DTensor's placements and
 // mesh, a ShardedTensor's shard list ("" for other values).
 std::string layout_signature(const LeafInfo& leaf);
+// The same in parts: `form` (placements and mesh shape; the shard list) must be equal on every
+// rank that holds the key; `mesh_ranks` (a DTensor's mesh) may differ between ranks only as the
+// lines of a sub-mesh do: disjoint meshes, each held by all of its members (every line holds
+// its own copy of the value).
+struct LayoutParts {
+  std::string form;
+  std::vector<int> mesh_ranks;
+};
+LayoutParts layout_parts(const LeafInfo& leaf);
 // A hash of every (path, layout_signature) of `leaves`, in any order: equal on two ranks when
 // they hold the same distributed keys with the same layouts. Each mesh is described once.
 std::uint64_t layout_hash(const std::vector<LeafInfo>& leaves);

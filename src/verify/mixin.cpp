@@ -8,6 +8,7 @@
 #include "c10dtest/model_state_dict.hpp"
 #include "c10dtest/optimizer_state_dict.hpp"
 #include "c10dtest/verify.hpp"
+#include "common/text.hpp"
 #include "exchange.hpp"
 
 namespace c10dtest {
@@ -72,9 +73,29 @@ std::string hyperparameters(const StateDict& group) {
   return h.describe();
 }
 
+// What differs between two groups' hyperparameters: "lr 0.5 (group 0: 0.01), no eps".
+std::string hyperparameter_diff(const StateDict& first, const StateDict& other) {
+  std::string out;
+  auto add = [&out](const std::string& s) { out += (out.empty() ? "" : ", ") + s; };
+  for (std::size_t i = 0; i < other.size(); ++i) {
+    const std::string& k = other.keys()[i];
+    if (k == "params") continue;
+    if (!first.contains(k)) {
+      add(k + " " + other.value(i).summary() + " (group 0: none)");
+    } else if (first.at(k).summary() != other.value(i).summary()) {
+      add(k + " " + other.value(i).summary() + " (group 0: " + first.at(k).summary() + ")");
+    }
+  }
+  for (std::size_t i = 0; i < first.size(); ++i) {
+    if (first.keys()[i] != "params" && !other.contains(first.keys()[i])) add("no " + first.keys()[i]);
+  }
+  return out.empty() ? "the same values in another form" : out;
+}
+
 // `osd` with "params" sorted and, when the reference has exactly one group and `osd` more whose
-// hyperparameters agree, those groups merged into one (PyTorch's _verify_osd rule).
-StateDict normalise_groups(const StateDict& osd, long long reference_groups) {
+// hyperparameters agree, those groups merged into one (PyTorch's _verify_osd rule). When they
+// cannot be merged, `*why` says why (for the failure message).
+StateDict normalise_groups(const StateDict& osd, long long reference_groups, std::string* why) {
   StateDict out = osd;
   if (!out.contains("param_groups") || !out.at("param_groups").is<StateList>()) return out;
   StateList& groups = out.at("param_groups").as<StateList>();
@@ -89,16 +110,30 @@ StateDict normalise_groups(const StateDict& osd, long long reference_groups) {
     }
   }
   if (reference_groups != 1 || groups.size() <= 1) return out;
+  const std::string not_merged = "the distributed dict's " + std::to_string(groups.size()) +
+                                 " param groups were not merged into the reference's one group: ";
   StateList all;
-  for (const auto& g : groups) {
-    if (!g.is<StateDict>() || !groups[0].is<StateDict>() ||
-        hyperparameters(g.as<StateDict>()) != hyperparameters(groups[0].as<StateDict>())) {
+  for (std::size_t i = 0; i < groups.size(); ++i) {
+    const StateValue& g = groups[i];
+    if (!g.is<StateDict>() || !groups[0].is<StateDict>()) {
+      *why = not_merged + "param group " + std::to_string(i) + " is not a dict";
+      return out;
+    }
+    if (hyperparameters(g.as<StateDict>()) != hyperparameters(groups[0].as<StateDict>())) {
+      *why = not_merged + "their hyperparameters differ: group " + std::to_string(i) + " has " +
+             hyperparameter_diff(groups[0].as<StateDict>(), g.as<StateDict>());
       return out;
     }
     const auto& d = g.as<StateDict>();
-    if (!d.contains("params") || !d.at("params").is<StateList>()) return out;
+    if (!d.contains("params") || !d.at("params").is<StateList>()) {
+      *why = not_merged + "param group " + std::to_string(i) + " has no list of params";
+      return out;
+    }
     for (const auto& p : d.at("params").as<StateList>()) {
-      if (!p.is<std::string>()) return out;
+      if (!p.is<std::string>()) {
+        *why = not_merged + "param group " + std::to_string(i) + " lists a param that is not a name";
+        return out;
+      }
       all.push_back(p);
     }
   }
@@ -202,7 +237,24 @@ namespace detail {
     if (a.rfind('!', 0) != 0 && groups < 0) groups = std::stoll(a);
   }
   if (any_error(errors)) return failure_on_some_rank("reading the reference optimizer state", errors);
-  return verify_state_dict(reference, normalise_groups(dist_osd, groups), options);
+  std::string why;
+  const StateDict normalised = normalise_groups(dist_osd, groups, &why);
+  auto result = verify_state_dict(reference, normalised, options);
+  if (result) return result;
+  // Every rank has the same verdict: one more exchange gives every rank the same note.
+  const auto whys =
+      detail::exchange_text(detail::verify_context(options, dist_osd).get(), "verify-osd-why", why);
+  std::map<std::string, std::vector<int>> by_reason;
+  for (std::size_t r = 0; r < whys.size(); ++r) {
+    if (!whys[r].empty()) by_reason[whys[r]].push_back(static_cast<int>(r));
+  }
+  for (const auto& [reason, ranks] : by_reason) {
+    result << "\n  note: " << reason;
+    if (whys.size() > 1) {
+      result << " [" << (ranks.size() == whys.size() ? std::string("every rank") : detail::rank_list(ranks)) << "]";
+    }
+  }
+  return result;
 }
 
 }  // namespace detail
@@ -216,6 +268,19 @@ namespace detail {
                                                                 const StateValue& dist,
                                                                 const VerifyOptions& options) {
   return verify_tensor(orig, dist, options);
+}
+
+::testing::AssertionResult VerifyStateDictMixin::compare_tensor(const at::Tensor& orig,
+                                                                const StateValue& dist,
+                                                                const std::string& key) {
+  return verify_tensor(orig, dist, verify_options_, key);
+}
+
+::testing::AssertionResult VerifyStateDictMixin::compare_tensor(const at::Tensor& orig,
+                                                                const StateValue& dist,
+                                                                const VerifyOptions& options,
+                                                                const std::string& key) {
+  return verify_tensor(orig, dist, options, key);
 }
 
 ::testing::AssertionResult VerifyStateDictMixin::verify_msd(const StateDict& msd,
@@ -278,8 +343,17 @@ namespace detail {
   }
   VerifyOptions o = verify_options_;
   o.strategy = VerifyStrategy::kShardLocal;  // every rank holds both optimizers
-  return verify_state_dict(get_optimizer_state_dict(model, optim),
-                           get_optimizer_state_dict(model, new_optim), o);
+  auto loaded = verify_state_dict(get_optimizer_state_dict(model, optim),
+                                  get_optimizer_state_dict(model, new_optim), o);
+  if (loaded) return loaded;
+  // The loaded state differs (the same verdict on every rank): the distributed dict compared
+  // with the reference where it lies names the rank and the shard that hold the difference.
+  const auto located = detail::verify_osd_impl(model, optim, get_optimizer_state_dict(model, optim),
+                                               dist_osd, verify_options_);
+  loaded << "\n  where the distributed optimizer state dict differs: "
+         << (located ? std::string("nowhere: its values match; the load changed them")
+                     : std::string(located.message()));
+  return loaded;
 }
 
 namespace detail {
@@ -299,7 +373,7 @@ void StateDictMatcher::DescribeNegationTo(std::ostream* os) const {
 }
 
 bool TensorMatcher::MatchAndExplain(const StateValue& dist, std::ostream* listener) const {
-  const auto r = verify_tensor(reference_, dist, options_);
+  const auto r = verify_tensor(reference_, dist, options_, key_);
   if (!r && listener != nullptr) *listener << r.message();
   return static_cast<bool>(r);
 }

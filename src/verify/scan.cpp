@@ -4,6 +4,7 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <sstream>
@@ -21,9 +22,12 @@ bool index_less(const std::vector<std::int64_t>& a, const std::vector<std::int64
   return std::lexicographical_compare(a.begin(), a.end(), b.begin(), b.end());
 }
 
-std::string number_text(double v) {
+// NaN and infinities as Python prints them ("nan", "inf", "-inf"), whatever the platform.
+std::string number_text(double v, int precision = 9) {
+  if (std::isnan(v)) return "nan";
+  if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
   std::ostringstream os;
-  os.precision(9);
+  os.precision(precision);
   os << v;
   return os.str();
 }
@@ -63,10 +67,11 @@ struct Where {
   const std::vector<std::int64_t>* offsets;
 };
 
-// Records mismatch `i` (flat index in the piece) with difference `diff` (NaN when a NaN is
-// involved) against reference value `ref`.
+// Records mismatch `flat` (flat index in the piece) with difference `diff` (NaN when a NaN is
+// involved) against reference value `ref`; `nonfinite` says whether a value is NaN (2) or
+// infinite (1).
 void record(MismatchStats& s, const Where& w, std::int64_t flat, double diff, double ref,
-            const std::string& expected, const std::string& actual) {
+            int nonfinite, const std::string& expected, const std::string& actual) {
   const int cls = std::isnan(diff) ? 2 : (std::isinf(diff) ? 1 : 0);
   if (s.bad == 0) {
     s.first = {global_index(flat, w.shape, *w.offsets), expected, actual};
@@ -80,7 +85,14 @@ void record(MismatchStats& s, const Where& w, std::int64_t flat, double diff, do
     const double rel = ref == 0 ? (diff == 0 ? 0 : INFINITY) : diff / std::abs(ref);
     if (!std::isnan(rel) && rel > s.max_rel) s.max_rel = rel;
   }
+  s.nan_bad += nonfinite == 2 ? 1 : 0;
+  s.inf_bad += nonfinite == 1 ? 1 : 0;
   ++s.bad;
+}
+
+int nonfinite_class(double a, double b) {
+  if (std::isnan(a) || std::isnan(b)) return 2;
+  return std::isinf(a) || std::isinf(b) ? 1 : 0;
 }
 
 template <typename T>
@@ -130,9 +142,66 @@ inline bool close(T a, T e, Acc<T> atol, Acc<T> rtol, bool equal_nan, bool exact
          (equal_nan & (x != x) & (y != y));
 }
 
+// torch.allclose(expected, actual)'s rule, computed as PyTorch 2.x computes it (aten's
+// isclose, with self = expected and other = actual, the order of PyTorch's
+// VerifyStateDictMixin._compare_tensor): equal values are close; else the allowed error
+// atol + |rtol * actual| and the actual error |expected - actual| are computed in the dtype
+// (bfloat16 and half: each operation in float, rounded to the dtype, as ATen's CPU kernels do),
+// integers and bool in float32 (the default dtype), and the actual error must be finite and at
+// most the allowed one. Note the tolerance is relative to `actual`, as in PyTorch.
+template <typename T>
+inline bool close_torch(T a, T e, float atol_f, float rtol_f, double atol_d, double rtol_d,
+                        bool equal_nan) {
+  if constexpr (std::is_same_v<T, double>) {
+    if (a == e || (equal_nan && a != a && e != e)) return true;
+    const double allowed = atol_d + std::abs(rtol_d * a);
+    const double actual = std::abs(e - a);
+    return std::isfinite(actual) && actual <= allowed;
+  } else if constexpr (std::is_same_v<T, float>) {
+    if (a == e || (equal_nan && a != a && e != e)) return true;
+    const float allowed = atol_f + std::abs(rtol_f * a);
+    const float actual = std::abs(e - a);
+    return std::isfinite(actual) && actual <= allowed;
+  } else if constexpr (std::is_same_v<T, c10::Half> || std::is_same_v<T, c10::BFloat16>) {
+    const float x = static_cast<float>(a);
+    const float y = static_cast<float>(e);
+    if (x == y || (equal_nan && x != x && y != y)) return true;
+    const float product = static_cast<float>(T(rtol_f * x));
+    const float allowed = static_cast<float>(T(atol_f + std::abs(product)));
+    const float actual = std::abs(static_cast<float>(T(y - x)));
+    return std::isfinite(actual) && actual <= allowed;
+  } else {
+    if (a == e) return true;
+    const float x = static_cast<float>(a);
+    const float y = static_cast<float>(e);
+    const float allowed = atol_f + std::abs(rtol_f * x);
+    const float actual = std::abs(y - x);
+    return std::isfinite(actual) && actual <= allowed;
+  }
+}
+
+template <typename T>
+void scan_block_torch(const T* e, const T* a, std::int64_t n, std::int64_t base,
+                      const ScanTolerance& t, const Where& w, MismatchStats& s) {
+  const auto atol_f = static_cast<float>(t.atol);
+  const auto rtol_f = static_cast<float>(t.rtol);
+  s.checked += n;
+  if constexpr (std::is_arithmetic_v<T>) {
+    if (!any_unequal(a, e, n)) return;
+  }
+  for (std::int64_t i = 0; i < n; ++i) {
+    if (close_torch(a[i], e[i], atol_f, rtol_f, t.atol, t.rtol, t.equal_nan)) continue;
+    const double x = static_cast<double>(a[i]);
+    const double y = static_cast<double>(e[i]);
+    record(s, w, base + i, std::abs(x - y), y, nonfinite_class(x, y), value_text(e[i]),
+           value_text(a[i]));
+  }
+}
+
 template <typename T>
 void scan_block(const T* e, const T* a, std::int64_t n, std::int64_t base, const ScanTolerance& t,
                 const Where& w, MismatchStats& s) {
+  if (t.torch_allclose) return scan_block_torch(e, a, n, base, t, w, s);
   const bool exact = !kFloatLike<T> && t.rtol == 0 && t.atol == 0;
   const auto atol = static_cast<Acc<T>>(t.atol);
   const auto rtol = static_cast<Acc<T>>(t.rtol);
@@ -151,7 +220,8 @@ void scan_block(const T* e, const T* a, std::int64_t n, std::int64_t base, const
     if (close(a[i], e[i], atol, rtol, t.equal_nan, exact)) continue;
     const double x = static_cast<double>(a[i]);
     const double y = static_cast<double>(e[i]);
-    record(s, w, base + i, std::abs(x - y), y, value_text(e[i]), value_text(a[i]));
+    record(s, w, base + i, std::abs(x - y), y, nonfinite_class(x, y), value_text(e[i]),
+           value_text(a[i]));
   }
 }
 
@@ -161,7 +231,11 @@ void scan_complex_block(const at::Tensor& e, const at::Tensor& a, std::int64_t b
   const at::Tensor ew = e.to(at::kComplexDouble);
   const at::Tensor aw = a.to(at::kComplexDouble);
   const at::Tensor diff = (ew - aw).abs();
-  at::Tensor ok = (diff <= t.atol + t.rtol * ew.abs()) & at::isfinite(ew) & at::isfinite(aw);
+  // torch.allclose's rule: relative to the actual value, the difference finite (computed in
+  // complex double here, not in the dtype).
+  at::Tensor ok = t.torch_allclose
+                      ? (diff <= t.atol + t.rtol * aw.abs()) & at::isfinite(diff)
+                      : (diff <= t.atol + t.rtol * ew.abs()) & at::isfinite(ew) & at::isfinite(aw);
   ok = ok | (ew == aw);
   if (t.equal_nan) ok = ok | (at::isnan(ew) & at::isnan(aw));
   s.checked += e.numel();
@@ -173,8 +247,9 @@ void scan_complex_block(const at::Tensor& e, const at::Tensor& a, std::int64_t b
   for (std::int64_t k = 0; k < bad_idx.size(0); ++k) {
     const std::int64_t i = bad_idx[k][0].item<std::int64_t>();
     // |e| by hand: std::abs(c10::complex) moves out of namespace std in newer LibTorch.
-    record(s, w, base + i, dp[i], std::hypot(ep[i].real(), ep[i].imag()), complex_text(ep[i]),
-           complex_text(ap[i]));
+    const double ea = std::hypot(ep[i].real(), ep[i].imag());
+    record(s, w, base + i, dp[i], ea, nonfinite_class(ea, std::hypot(ap[i].real(), ap[i].imag())),
+           complex_text(ep[i]), complex_text(ap[i]));
   }
 }
 
@@ -237,6 +312,8 @@ bool MismatchStats::merge(const MismatchStats& o) {
   }
   if (o.max_rel > max_rel) max_rel = o.max_rel;
   bad += o.bad;
+  nan_bad += o.nan_bad;
+  inf_bad += o.inf_bad;
   return takes_first;
 }
 
@@ -308,15 +385,54 @@ MismatchStats scan_piece(const at::Tensor& whole, const at::Tensor& actual,
   return scan(slice_block(whole, sizes, offsets), actual, tol, offsets);
 }
 
-std::string describe(const MismatchStats& s) {
+std::string tolerance_text(const ScanTolerance& t) {
   std::ostringstream os;
   os.precision(6);
-  os << s.bad << " of " << s.checked << " elements differ ("
-     << 100.0 * static_cast<double>(s.bad) / static_cast<double>(std::max<std::int64_t>(1, s.checked))
-     << "%); first at " << shape_text(s.first.index) << " (expected " << s.first.expected
-     << ", got " << s.first.actual << "); max abs diff " << s.worst_abs << " at "
+  os << "allowed: atol " << t.atol << " + rtol " << t.rtol << " * |expected|"
+     << (t.torch_allclose ? " (torch.allclose's rule)" : "") << (t.equal_nan ? ", NaN == NaN" : "");
+  return os.str();
+}
+
+std::string describe(const MismatchStats& s, const std::vector<MismatchStats>& copies) {
+  std::ostringstream os;
+  os.precision(6);
+  auto percent = [&](std::int64_t n) {
+    return 100.0 * static_cast<double>(n) / static_cast<double>(std::max<std::int64_t>(1, s.checked));
+  };
+  auto nonfinite = [](const MismatchStats& c) {
+    if (c.nan_bad == 0 && c.inf_bad == 0) return std::string();
+    std::string out = ": ";
+    if (c.nan_bad > 0) out += std::to_string(c.nan_bad) + " with NaN";
+    if (c.inf_bad > 0) out += (c.nan_bad > 0 ? ", " : "") + std::to_string(c.inf_bad) + " with an infinity";
+    return out;
+  };
+  if (copies.size() > 1) {
+    const bool alike = std::all_of(copies.begin(), copies.end(), [&](const MismatchStats& c) {
+      return c.bad == copies[0].bad && c.nan_bad == copies[0].nan_bad &&
+             c.inf_bad == copies[0].inf_bad;
+    });
+    if (alike) {
+      os << copies[0].bad << " of " << s.checked << " elements differ (" << percent(copies[0].bad)
+         << "%" << nonfinite(copies[0]) << ")";
+    } else {
+      const auto [lo, hi] = std::minmax_element(
+          copies.begin(), copies.end(),
+          [](const MismatchStats& a, const MismatchStats& b) { return a.bad < b.bad; });
+      if (lo->bad != hi->bad) os << "between " << lo->bad << " and ";
+      os << hi->bad << " of " << s.checked << " elements differ ("
+         << (lo->bad != hi->bad ? "up to " : "") << percent(hi->bad) << "%)";
+    }
+    os << " in each of " << copies.size() << " copies";
+  } else {
+    os << s.bad << " of " << s.checked << " elements differ (" << percent(s.bad) << "%"
+       << nonfinite(s) << ")";
+  }
+  os << "; first at " << shape_text(s.first.index) << " (expected " << s.first.expected
+     << ", got " << s.first.actual << "); max abs diff " << number_text(s.worst_abs, 6) << " at "
      << shape_text(s.worst.index) << " (expected " << s.worst.expected << ", got "
-     << s.worst.actual << "); max rel diff " << s.max_rel;
+     << s.worst.actual << ")";
+  // A NaN has no relative difference: said only when some mismatch is between numbers.
+  if (s.nan_bad < s.bad) os << "; max rel diff " << number_text(s.max_rel, 6);
   return os.str();
 }
 

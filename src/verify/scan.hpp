@@ -16,7 +16,11 @@ struct ScanTolerance {
   double rtol = 0;
   double atol = 0;
   bool equal_nan = false;
+  bool torch_allclose = false;  // CloseRule::kTorchAllclose
 };
+
+// "allowed: atol 1e-05 + rtol 1.3e-06 * |expected|" (", as torch.allclose computes it").
+std::string tolerance_text(const ScanTolerance& t);
 
 // One mismatching element: its global index and both values as text.
 struct ElementAt {
@@ -35,6 +39,8 @@ struct MismatchStats {
   double worst_abs = 0;
   int worst_class = 0;  // 0 finite, 1 infinite, 2 NaN
   double max_rel = 0;   // over mismatches; NaN differences left out, x vs 0 is infinite
+  std::int64_t nan_bad = 0;  // mismatches where either value is NaN
+  std::int64_t inf_bad = 0;  // mismatches where either value is infinite (and neither is NaN)
 
   // Folds `other` (another piece of the same tensor) in: counts add, first/worst are chosen as
   // over the union, so the order of merging does not matter. True when `other`'s first
@@ -55,7 +61,13 @@ MismatchStats scan_piece(const at::Tensor& whole, const at::Tensor& actual,
                          const ScanTolerance& tol, const std::vector<std::int64_t>& offsets);
 
 // "3 of 2500 elements differ (0.12%); first at [26, 3] (expected 1.25, got 1.75); max abs diff
-// 0.5 at [26, 3] (expected 1.25, got 1.75); max rel diff 0.4"
-std::string describe(const MismatchStats& s);
+// 0.5 at [26, 3] (expected 1.25, got 1.75); max rel diff 0.4". Mismatches involving NaN or an
+// infinity are counted as such ("(0.12%: 2 with NaN)"); the relative difference is left out
+// when every mismatch involves a NaN.
+//
+// `copies`: when the value has copies on several ranks, the mismatches of each copy that has
+// any (`s` holds them all): counts are then given per copy ("3 of 60 elements differ (5%) in
+// each of 4 copies"), never multiplied by the number of copies.
+std::string describe(const MismatchStats& s, const std::vector<MismatchStats>& copies = {});
 
 }  // namespace c10dtest::detail

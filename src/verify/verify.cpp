@@ -114,40 +114,86 @@ std::vector<Finding> shard_local(int rank, const std::vector<LeafInfo>& leaves,
 // ---------------------------------------------------------------------------------------------
 // What every rank must agree on before values are compared.
 
-// The (path, layout) of this rank's DTensors and ShardedTensors: sent only when the ranks'
-// layout hashes differ.
-std::vector<std::pair<std::string, std::string>> layouts_of(const std::vector<LeafInfo>& leaves) {
-  std::vector<std::pair<std::string, std::string>> out;
+// One key's layout as a rank holds it: sent only when the ranks' layout hashes differ.
+struct KeyLayout {
+  std::string path;
+  std::string text;  // layout_signature(): for messages
+  LayoutParts parts;
+};
+
+std::string encode_layouts(const std::vector<LeafInfo>& leaves) {
+  std::vector<const LeafInfo*> held;
   for (const auto& l : leaves) {
-    std::string sig = layout_signature(l);
-    if (!sig.empty()) out.emplace_back(l.path, std::move(sig));
+    if (!layout_signature(l).empty()) held.push_back(&l);
+  }
+  std::string out;
+  put_field(out, std::to_string(held.size()));
+  for (const LeafInfo* l : held) {
+    const LayoutParts parts = layout_parts(*l);
+    put_field(out, l->path);
+    put_field(out, layout_signature(*l));
+    put_field(out, parts.form);
+    put_ints(out, std::vector<std::int64_t>(parts.mesh_ranks.begin(), parts.mesh_ranks.end()));
   }
   return out;
 }
 
-// Keys whose layout differs between the ranks that hold them, each as a finding for every such
-// rank (the same text everywhere, so the report merges them), from every rank's layouts.
-std::set<std::string> layout_disagreements(
-    const std::vector<std::vector<std::pair<std::string, std::string>>>& by_rank,
-    std::vector<std::vector<Finding>>* extra) {
+std::vector<KeyLayout> decode_layouts(const std::string& data) {
+  detail::FieldReader fr(data, "layouts");
+  std::vector<KeyLayout> out(static_cast<std::size_t>(fr.number()));
+  for (auto& k : out) {
+    k.path = fr.next();
+    k.text = fr.next();
+    k.parts.form = fr.next();
+    for (auto r : read_ints(fr)) k.parts.mesh_ranks.push_back(static_cast<int>(r));
+  }
+  return out;
+}
+
+// Whether the ranks holding one key agree on its layout: the same form everywhere, and meshes
+// that are the same or disjoint lines each held by every one of its members.
+bool layouts_agree(const std::map<int, const KeyLayout*>& holders) {
+  const KeyLayout* first = holders.begin()->second;
+  std::map<int, const std::vector<int>*> member_of;  // rank -> the held mesh it belongs to
+  for (const auto& [r, k] : holders) {
+    if (k->parts.form != first->parts.form) return false;
+    for (int m : k->parts.mesh_ranks) {
+      auto [it, fresh] = member_of.emplace(m, &k->parts.mesh_ranks);
+      if (!fresh && *it->second != k->parts.mesh_ranks) return false;  // meshes overlap
+    }
+  }
+  // A rank inside some held mesh holds the key on that mesh.
+  for (const auto& [r, k] : holders) {
+    const auto it = member_of.find(r);
+    if (it != member_of.end() && *it->second != k->parts.mesh_ranks) return false;
+  }
+  return true;
+}
+
+// Keys whose layout the ranks that hold them disagree on, each as a finding for every such rank
+// (the same text everywhere, so the report merges them), from every rank's layouts.
+std::set<std::string> layout_disagreements(const std::vector<std::vector<KeyLayout>>& by_rank,
+                                           std::vector<std::vector<Finding>>* extra) {
   const int size = static_cast<int>(by_rank.size());
-  std::map<std::string, std::map<std::string, std::vector<int>>> seen;  // path -> layout -> ranks
+  std::map<std::string, std::map<int, const KeyLayout*>> seen;  // path -> rank -> layout
   for (int r = 0; r < size; ++r) {
-    for (const auto& [path, sig] : by_rank[static_cast<std::size_t>(r)]) seen[path][sig].push_back(r);
+    for (const auto& k : by_rank[static_cast<std::size_t>(r)]) seen[k.path].emplace(r, &k);
   }
   std::set<std::string> out;
-  for (const auto& [path, sigs] : seen) {
-    if (sigs.size() < 2) continue;
+  for (const auto& [path, holders] : seen) {
+    if (layouts_agree(holders)) continue;
     out.insert(path);
+    std::map<std::string, std::vector<int>> by_text;
+    for (const auto& [r, k] : holders) by_text[k->text].push_back(r);
     std::string text = "the ranks disagree on its layout:";
-    std::vector<int> holders;
     bool first = true;
-    for (const auto& [sig, ranks] : sigs) {
+    for (const auto& [sig, ranks] : by_text) {
       text += std::string(first ? " " : "; ") + sig + " on " + ranks_text(ranks, size);
       first = false;
-      holders.insert(holders.end(), ranks.begin(), ranks.end());
     }
-    for (int r : holders) (*extra)[static_cast<std::size_t>(r)].push_back(finding(path, Kind::kProblem, text));
+    for (const auto& [r, k] : holders) {
+      (*extra)[static_cast<std::size_t>(r)].push_back(finding(path, Kind::kProblem, text));
+    }
   }
   return out;
 }
@@ -374,23 +420,9 @@ std::vector<std::vector<Finding>> gather_and_check(Context& context,
   std::vector<std::vector<Finding>> extra(static_cast<std::size_t>(size));
   std::set<std::string> disagree;
   if (std::any_of(hashes.begin(), hashes.end(), [&](const std::string& h) { return h != hashes[0]; })) {
-    const auto layouts = layouts_of(mine);
-    std::string mine_text;
-    put_field(mine_text, std::to_string(layouts.size()));
-    for (const auto& [path, sig] : layouts) {
-      put_field(mine_text, path);
-      put_field(mine_text, sig);
-    }
-    const auto all = detail::exchange_text(context.get(), "verify-layouts", mine_text);
-    std::vector<std::vector<std::pair<std::string, std::string>>> by_rank(all.size());
-    for (std::size_t r = 0; r < all.size(); ++r) {
-      detail::FieldReader fr(all[r], "layouts");
-      const auto n = fr.number();
-      for (long long i = 0; i < n; ++i) {
-        std::string path = fr.next();
-        by_rank[r].emplace_back(std::move(path), fr.next());
-      }
-    }
+    const auto all = detail::exchange_text(context.get(), "verify-layouts", encode_layouts(mine));
+    std::vector<std::vector<KeyLayout>> by_rank;
+    for (const auto& a : all) by_rank.push_back(decode_layouts(a));
     disagree = layout_disagreements(by_rank, &extra);
   }
   if (any_partial) reduce_partials(mine, disagree, rank);
@@ -426,6 +458,13 @@ std::vector<std::vector<Finding>> gather_and_check(Context& context,
     for (auto& f : extra[r]) by_rank.back().push_back(std::move(f));
   }
   return report(by_rank, keys, options);
+}
+
+VerifyOptions VerifyOptions::like_pytorch() {
+  VerifyOptions o;
+  o.compare = torch_allclose();
+  o.python_numbers = true;
+  return o;
 }
 
 ::testing::AssertionResult verify_tensor(const at::Tensor& reference, const StateValue& dist,

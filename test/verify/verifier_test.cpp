@@ -18,7 +18,9 @@ using c10dtest::StateDict;
 using c10dtest::StateList;
 using c10dtest::VerifyOptions;
 using c10dtest::VerifyStrategy;
+using c10dtest::StateValue;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 class Verifier : public c10dtest::DistributedTest, public c10dtest::VerifyStateDictMixin {
  protected:
@@ -147,8 +149,8 @@ TEST_F(Verifier, OneWrongElementIsNamedWithRankShardAndGlobalIndex) {
   expect_everywhere(d, where);
   const std::string msg = run(d, VerifyStrategy::kShardLocal);
   EXPECT_THAT(msg, HasSubstr("reference: 1 of "));
-  EXPECT_THAT(msg, HasSubstr("1 of " + std::to_string(dt.local_shape_of(last)[0] * 5) +
-                             " elements differ"));
+  // Counted over the value's 35 elements, not the shard's.
+  EXPECT_THAT(msg, HasSubstr("1 of 35 elements differ (2.85714%)"));
   EXPECT_THAT(msg, HasSubstr("first at [" + std::to_string(offsets[0]) + ", 0]"));
   EXPECT_THAT(msg, HasSubstr("max abs diff 0.5"));
   EXPECT_THAT(msg, HasSubstr("allowed: atol 1e-05 + rtol 1.3e-06 * |expected|"));
@@ -169,9 +171,10 @@ TEST_F(Verifier, WrongValuesOnSeveralRanksAreCountedTogether) {
   const auto& ids = d.at("ids").as<DTensor>();
   d.insert("ids", DTensor(ids.local() + 1, ids.mesh(), ids.placements(), ids.global_shape()));
   const std::string msg = run(d, VerifyStrategy::kShardLocal);
-  EXPECT_THAT(msg, HasSubstr("'plain' (Tensor [2, 2] Float) on every rank: " +
-                             std::to_string(4 * world_size()) + " of " +
-                             std::to_string(4 * world_size()) + " elements differ"));
+  // The plain tensor is one copy per rank: counted per copy, not added up.
+  EXPECT_THAT(msg, HasSubstr("'plain' (Tensor [2, 2] Float) on every rank: 4 of 4 elements "
+                             "differ (100%) in each of " + std::to_string(world_size()) +
+                             " copies;"));
   EXPECT_THAT(msg, HasSubstr("'ids' (DTensor [12] Long [Shard(0)]) on every rank (first in the "
                              "shard of rank 0 at offsets [0], sizes ["));
   EXPECT_THAT(msg, HasSubstr("12 of 12 elements differ"));
@@ -285,7 +288,7 @@ TEST_F(Verifier, ManyBadKeysGiveABoundedMessage) {
   const std::string msg = r.message();
   EXPECT_THAT(msg, HasSubstr("300 of 300 keys differ, 100 unexpected"));
   EXPECT_THAT(msg, HasSubstr("... and 80 more"));
-  EXPECT_THAT(msg, HasSubstr("... and 290 more keys differ: 'layer10.weight'"));
+  EXPECT_THAT(msg, HasSubstr("... and 290 more keys differ in value: 'layer10.weight'"));
   EXPECT_LT(msg.size(), 6000u) << msg;
 }
 
@@ -435,24 +438,58 @@ TEST_F(MeshEdges, RanksThatDisagreeOnAKeysLayoutAreNamed) {
   C10DTEST_REQUIRE_WORLD_SIZE(2);
   const int half = world_size() / 2;
   std::vector<int> low = first_ranks(half);
-  std::vector<int> high;
-  for (int r = half; r < world_size(); ++r) high.push_back(r);
   const auto mesh_low = DeviceMesh::create({half}, low);
-  const auto mesh_high = DeviceMesh::create({world_size() - half}, high);
+  const auto world = DeviceMesh::create({world_size()});
   const at::Tensor w = at::randn({4, 2});
   StateDict ref;
   ref.insert("w", w);
   ref.insert("ok", w);
-  // Each half replicates the value on its own mesh: every value is right, the layouts are not.
+  // The low half replicates the value on its own mesh, the others on the world's, which holds
+  // the low half too: every value is right, the layouts are not.
   StateDict dist;
-  dist.insert("w", c10dtest::distribute_tensor(w, rank() < half ? mesh_low : mesh_high,
-                                               {Replicate{}}));
+  dist.insert("w", c10dtest::distribute_tensor(w, rank() < half ? mesh_low : world, {Replicate{}}));
   dist.insert("ok", w.clone());
-  const std::string m = verdict(ref, dist);
+  std::string m = verdict(ref, dist);
   EXPECT_THAT(m, HasSubstr("'w': the ranks disagree on its layout: DTensor [Replicate()] on " +
                            mesh_low->describe()));
-  EXPECT_THAT(m, HasSubstr(mesh_high->describe()));
+  EXPECT_THAT(m, HasSubstr(world->describe()));
   EXPECT_THAT(m, HasSubstr("1 of 2 keys differ"));
+  // The same placements on meshes of another shape.
+  if (world_size() % 2 == 0) {
+    const auto grid = DeviceMesh::create({2, world_size() / 2});
+    dist.insert("w", rank() < half ? c10dtest::distribute_tensor(w, world, {Shard{0}})
+                                   : c10dtest::distribute_tensor(w, grid, {Shard{0}, Replicate{}}));
+    m = verdict(ref, dist);
+    EXPECT_THAT(m, HasSubstr("'w': the ranks disagree on its layout"));
+  }
+}
+
+// The lines of a sub-mesh (a DTensor on mesh->sub_mesh(1), as tensor parallelism inside each
+// row of a 2-D mesh) are disjoint meshes of one shape: each line holds its own copy.
+TEST_F(MeshEdges, SubMeshLinesEachHoldACopy) {
+  C10DTEST_REQUIRE_WORLD_SIZE(2);
+  if (world_size() % 2 != 0) GTEST_SKIP() << "needs an even world";
+  const auto grid = DeviceMesh::create({2, world_size() / 2});
+  const auto row = grid->sub_mesh(1);
+  const at::Tensor w = at::randn({6, 3});
+  StateDict ref;
+  ref.insert("w", w);
+  StateDict dist;
+  dist.insert("w", c10dtest::distribute_tensor(w.clone(), row, {Shard{0}}));
+  EXPECT_EQ(verdict(ref, dist), "");
+  // One rank of the second row wrong: one copy differs, the other is right.
+  const int last = world_size() - 1;
+  if (rank() == last) add_one(dist, "w", 1.0);
+  std::string m = verdict(ref, dist);
+  EXPECT_THAT(m, HasSubstr("'w' (DTensor [6, 3] Float [Shard(0)]) on rank " +
+                           std::to_string(last)));
+  EXPECT_THAT(m, HasSubstr("1 of 18 elements differ (5.55556%);"));
+  // The first element of every piece, in both rows: counted per copy.
+  if (rank() != last) add_one(dist, "w", 1.0);
+  m = verdict(ref, dist);
+  EXPECT_THAT(m, HasSubstr(std::to_string(world_size() / 2) + " of 18 elements differ (")) << m;
+  EXPECT_THAT(m, HasSubstr("in each of 2 copies")) << m;
+  EXPECT_THAT(m, Not(HasSubstr("disagree"))) << m;
 }
 
 TEST_F(MeshEdges, MetaAndUndefinedValuesGiveOneMessageForEveryStrategy) {
@@ -471,6 +508,213 @@ TEST_F(MeshEdges, MetaAndUndefinedValuesGiveOneMessageForEveryStrategy) {
   device.check_device = true;
   m = verdict(ref, dist, device);
   EXPECT_THAT(m, HasSubstr("'meta' (Tensor [3] Float) device meta vs expected cpu"));
+}
+
+// Messages lead with the cause: the first line names a key, structural findings come before
+// value differences and are never cut, counts are per distinct element (copies are counted as
+// copies), NaN and infinity are named, and every strategy gives the same text.
+class Messages : public MeshEdges, public c10dtest::VerifyStateDictMixin {
+ protected:
+  static std::string first_line(const std::string& m) { return m.substr(0, m.find('\n')); }
+};
+
+TEST_F(Messages, FirstLineNamesTheFirstDifferingKey) {
+  const at::Tensor w = at::randn({6, 2});
+  StateDict ref;
+  ref.insert("a", w);
+  ref.insert("b", w + 1);
+  ref.insert("c", w + 2);
+  StateDict dist;
+  dist.insert("a", w.clone());
+  dist.insert("b", c10dtest::distribute_tensor(w + 1, DeviceMesh::create({world_size()}), {Shard{0}}));
+  dist.insert("c", w + 2);
+  EXPECT_EQ(verdict(ref, dist), "");
+  if (rank() == 0) add_one(dist, "b", 1.0);
+  std::string m = verdict(ref, dist);
+  EXPECT_EQ(first_line(m), "state dict does not match the reference: 1 of 3 keys differ: 'b'");
+  // Several keys: the first of the report (what is missing comes first).
+  dist.erase("c");
+  dist.insert("a", w + 5);
+  m = verdict(ref, dist);
+  EXPECT_EQ(first_line(m), "state dict does not match the reference: 3 of 3 keys differ (1 missing); "
+                           "first 'c' (missing)");
+  dist.insert("c", w + 2);
+  dist.insert("d", w);
+  m = verdict(ref, dist);
+  EXPECT_EQ(first_line(m), "state dict does not match the reference: 2 of 3 keys differ, 1 "
+                           "unexpected; first 'd' (unexpected)");
+}
+
+TEST_F(Messages, HyperparametersAndStructureComeFirstAndAreNeverCut) {
+  // An optimizer-like dict whose lr differs: every state value differs because of it.
+  StateDict ref;
+  StateDict dist;
+  StateDict state;
+  StateDict dist_state;
+  for (int i = 0; i < 30; ++i) {
+    const at::Tensor t = at::full({8}, static_cast<float>(i));
+    StateDict p;
+    p.insert("exp_avg", t);
+    state.insert("p" + std::to_string(i), p);
+    StateDict q;
+    q.insert("exp_avg", t + 1);
+    dist_state.insert("p" + std::to_string(i), q);
+  }
+  // A shape difference among the last keys.
+  state.insert("z", at::zeros({3}));
+  dist_state.insert("z", at::zeros({4}));
+  ref.insert("state", state);
+  dist.insert("state", dist_state);
+  StateDict group;
+  group.insert("lr", 0.1);
+  ref.insert("param_groups", StateList{group});
+  group.insert("lr", 0.01);
+  dist.insert("param_groups", StateList{group});
+  VerifyOptions few;
+  few.max_reported_keys = 3;
+  const std::string m = verdict(ref, dist, few);
+  EXPECT_EQ(first_line(m), "state dict does not match the reference: 32 of 32 keys differ; first "
+                           "'state.z'");
+  const auto z = m.find("'state.z' (Tensor [4] Float) shape [4] vs expected [3]");
+  const auto lr = m.find("'param_groups.0.lr': 0.01 vs expected 0.1");
+  const auto values = m.find("'state.p0.exp_avg' (Tensor [8] Float)");
+  ASSERT_NE(z, std::string::npos) << m;
+  ASSERT_NE(lr, std::string::npos) << m;
+  ASSERT_NE(values, std::string::npos) << m;
+  EXPECT_LT(z, values);
+  EXPECT_LT(lr, values);
+  EXPECT_THAT(m, HasSubstr("... and 27 more keys differ in value: 'state.p3.exp_avg'"));
+}
+
+TEST_F(Messages, CopiesAreCountedOnceAndNamedByRank) {
+  const int last = world_size() - 1;
+  StateDict ref;
+  ref.insert("step", at::scalar_tensor(3.0, at::kDouble));
+  StateDict dist;
+  dist.insert("step", at::scalar_tensor(4.0, at::kDouble));
+  std::string m = verdict(ref, dist);
+  if (world_size() == 1) {
+    EXPECT_THAT(m, HasSubstr("'step' (Tensor [] Double): 1 of 1 elements differ (100%); first at []"));
+  } else {
+    EXPECT_THAT(m, HasSubstr("'step' (Tensor [] Double) on every rank: 1 of 1 elements differ "
+                             "(100%) in each of " + std::to_string(world_size()) + " copies;"));
+  }
+  dist.insert("step", at::scalar_tensor(rank() == last ? 4.0 : 3.0, at::kDouble));
+  m = verdict(ref, dist);
+  EXPECT_THAT(m, HasSubstr("1 of 1 elements differ (100%); first at []"));
+  if (world_size() > 1) EXPECT_THAT(m, HasSubstr("on rank " + std::to_string(last) + ":"));
+  // A sharded copy per row of a 2-D mesh: each copy's pieces are added up, the copies are not.
+  if (world_size() % 2 == 0) {
+    const auto mesh2 = DeviceMesh::create({2, world_size() / 2});
+    const at::Tensor full = at::randn({10, 3});
+    ref.insert("w", full);
+    ref.erase("step");
+    StateDict sharded;
+    sharded.insert("w", c10dtest::distribute_tensor(full.clone(), mesh2, {Replicate{}, Shard{0}}));
+    add_one(sharded, "w", 1.0);  // the first element of every piece, in both copies
+    m = verdict(ref, sharded);
+    const std::int64_t pieces = world_size() / 2;
+    EXPECT_THAT(m, HasSubstr(std::to_string(pieces) + " of 30 elements differ (" ) ) << m;
+    EXPECT_THAT(m, HasSubstr("in each of 2 copies")) << m;
+    // Only one copy wrong: no copies to speak of.
+    sharded.insert("w", c10dtest::distribute_tensor(full.clone(), mesh2, {Replicate{}, Shard{0}}));
+    if (mesh2->coordinate_of(rank())[0] == 1) add_one(sharded, "w", 1.0);
+    m = verdict(ref, sharded);
+    EXPECT_THAT(m, HasSubstr(std::to_string(pieces) + " of 30 elements differ (")) << m;
+    EXPECT_THAT(m, Not(HasSubstr("copies"))) << m;
+  }
+  // A Partial value is compared after its reduction, which every rank of the mesh then holds.
+  const at::Tensor full = at::randn({5, 3}, at::kDouble);
+  StateDict pref;
+  pref.insert("p", full);
+  StateDict partial;
+  partial.insert("p", c10dtest::distribute_tensor(full.clone(), DeviceMesh::create({world_size()}),
+                                                  {c10dtest::Partial{}}));
+  if (rank() == last) add_one(partial, "p", 1.0);
+  m = verdict(pref, partial);
+  EXPECT_THAT(m, HasSubstr(world_size() == 1 ? "1 of 15 elements differ (6.66667%);"
+                                             : "1 of 15 elements differ (6.66667%) in each of " +
+                                                   std::to_string(world_size()) + " copies;"))
+      << m;
+}
+
+TEST_F(Messages, NanAndInfinityAreNamed) {
+  const at::Tensor w = at::arange(1, 9, at::kFloat);
+  StateDict ref;
+  ref.insert("w", w);
+  StateDict dist;
+  at::Tensor bad = w.clone();
+  bad[1] = NAN;
+  bad[2] = INFINITY;
+  bad[3] = 100.0;
+  dist.insert("w", c10dtest::distribute_tensor(bad, DeviceMesh::create({world_size()}), {Replicate{}}));
+  std::string m = verdict(ref, dist);
+  EXPECT_THAT(m, HasSubstr("3 of 8 elements differ (37.5%: 1 with NaN, 1 with an infinity)"))
+      << m;
+  EXPECT_THAT(m, HasSubstr("max abs diff nan at [1] (expected 2, got nan)"));
+  EXPECT_THAT(m, HasSubstr("max rel diff inf"));
+  // Only NaN: no relative difference to speak of.
+  bad = w.clone();
+  bad[5] = NAN;
+  dist.insert("w", c10dtest::distribute_tensor(bad, DeviceMesh::create({world_size()}), {Replicate{}}));
+  m = verdict(ref, dist);
+  EXPECT_THAT(m, HasSubstr("1 with NaN"));
+  EXPECT_THAT(m, Not(HasSubstr("max rel diff"))) << m;
+}
+
+TEST_F(Messages, LikePyTorchGivesPyTorchsVerdictsAndKeepsShapesStrict) {
+  const VerifyOptions pytorch = VerifyOptions::like_pytorch();
+  const auto mesh = DeviceMesh::create({world_size()});
+  // bfloat16 one ulp off: noise for assert_close's tolerances, a failure for torch.allclose.
+  StateDict ref;
+  ref.insert("w", at::ones({6, 2}, at::kBFloat16));
+  StateDict dist;
+  dist.insert("w", c10dtest::distribute_tensor(at::full({6, 2}, 1.0078125, at::kBFloat16), mesh,
+                                               {Shard{0}}));
+  EXPECT_EQ(verdict(ref, dist), "");
+  EXPECT_THAT(verdict(ref, dist, pytorch),
+              HasSubstr("12 of 12 elements differ (100%); first at [0, 0] (expected 1, got "
+                        "1.0078125)"));
+  EXPECT_THAT(verdict(ref, dist, pytorch), HasSubstr("(torch.allclose's rule)"));
+  // Python numbers: a learning rate 1e-6 off, and a bool against an int.
+  StateDict hyper;
+  hyper.insert("lr", 0.1);
+  hyper.insert("flag", true);
+  hyper.insert("step", std::int64_t{3});
+  StateDict moved;
+  moved.insert("lr", 0.1 + 1e-6);
+  moved.insert("flag", std::int64_t{1});
+  moved.insert("step", 3.0);
+  const std::string m = verdict(hyper, moved);
+  EXPECT_THAT(m, HasSubstr("2 of 3 keys differ"));  // step: 3 and 3.0 match in both
+  EXPECT_THAT(m, HasSubstr("'lr': 0.100001 vs expected 0.1"));
+  EXPECT_THAT(m, HasSubstr("'flag': 1 vs expected True"));
+  EXPECT_EQ(verdict(hyper, moved, pytorch), "");
+  moved.insert("lr", 0.1 + 1e-4);
+  EXPECT_THAT(verdict(hyper, moved, pytorch), HasSubstr("'lr': 0.10010000000000001 vs expected 0.1"));
+  // Broadcastable shapes fail under both, saying so.
+  StateDict row;
+  row.insert("b", at::ones({1, 8}));
+  StateDict flat;
+  flat.insert("b", at::ones({8}));
+  for (const auto& options : {VerifyOptions{}, pytorch}) {
+    EXPECT_THAT(verdict(row, flat, options),
+                HasSubstr("'b' (Tensor [8] Float) shape [8] vs expected [1, 8] (broadcastable, "
+                          "which torch.allclose would accept; a state dict must match exactly)"));
+  }
+}
+
+TEST_F(Messages, CompareTensorAndMatchersNameTheirKey) {
+  const at::Tensor w = at::randn({4, 2});
+  const StateValue dist = c10dtest::distribute_tensor(w + 1, DeviceMesh::create({world_size()}), {Shard{0}});
+  EXPECT_THAT(std::string(compare_tensor(w, dist, "l1.weight").message()),
+              HasSubstr("1 of 1 keys differ: 'l1.weight'"));
+  EXPECT_THAT(std::string(compare_tensor(w, dist, VerifyOptions{}, "l2.weight").message()),
+              HasSubstr("'l2.weight' (DTensor [4, 2] Float [Shard(0)])"));
+  EXPECT_THAT(std::string(compare_tensor(w, dist).message()), HasSubstr("'tensor'"));
+  EXPECT_NONFATAL_FAILURE(EXPECT_THAT(dist, c10dtest::TensorMatches(w, {}, "l3.weight")),
+                          "'l3.weight' (DTensor");
+  EXPECT_NONFATAL_FAILURE(C10DTEST_EXPECT_TENSOR_MATCHES(w, dist), "keys differ: 'dist'");
 }
 
 class VerifyOsd : public c10dtest::DistributedTest, public c10dtest::VerifyStateDictMixin {
@@ -535,6 +779,44 @@ TEST_F(VerifyOsd, ParamGroupHyperparametersAndParamsAreCompared) {
   ASSERT_FALSE(r);
   EXPECT_THAT(r.message(), HasSubstr("'param_groups.0.lr': 0.02 vs expected 0.01"));
   EXPECT_THAT(r.message(), HasSubstr("'param_groups.0.params': lacks 'bias'; has extra 'weights'"));
+}
+
+TEST_F(VerifyOsd, GroupsThatCannotBeMergedSayWhy) {
+  // The reference has one group; the distributed dict splits it in two.
+  const StateDict g0 = dist_.at("param_groups").as<StateList>()[0].as<StateDict>();
+  StateDict a = g0;
+  a.insert("params", StateList{std::string("weight")});
+  StateDict b = g0;
+  b.insert("params", StateList{std::string("bias")});
+  StateDict d = dist_;
+  d.insert("param_groups", StateList{a, b});
+  EXPECT_TRUE(verify_osd(*model_, *optim_, osd_, d));  // same hyperparameters: merged
+  b.insert("lr", 0.5);
+  d.insert("param_groups", StateList{a, b});
+  const auto r = verify_osd(*model_, *optim_, osd_, d);
+  ASSERT_FALSE(r);
+  EXPECT_THAT(r.message(), HasSubstr("note: the distributed dict's 2 param groups were not merged "
+                                     "into the reference's one group: their hyperparameters "
+                                     "differ: group 1 has lr 0.5 (group 0: 0.01)"));
+}
+
+TEST_F(VerifyOsd, LoadFailureNamesTheRankAndShardOfTheDifference) {
+  StateDict d = dist_;
+  const int last = world_size() - 1;
+  auto& v = d.at("state").as<StateDict>().at("weight").as<StateDict>().at("exp_avg");
+  const DTensor dt = v.as<DTensor>();
+  if (rank() == last) v = DTensor(dt.local() + 1, dt.mesh(), dt.placements(), dt.global_shape());
+  torch::optim::Adam fresh(model_->parameters(), torch::optim::AdamOptions(0.5));
+  const auto r = verify_osd_by_load(*model_, *optim_, fresh, d);
+  ASSERT_FALSE(r);
+  const std::string m = r.message();
+  // The loaded state differs: the message goes on to where the distributed dict differs.
+  EXPECT_THAT(m, HasSubstr("'state.weight.exp_avg' (Tensor [4, 6] Float)"));
+  const auto where = m.find("where the distributed optimizer state dict differs: ");
+  ASSERT_NE(where, std::string::npos) << m;
+  EXPECT_THAT(m.substr(where),
+              HasSubstr("'state.weight.exp_avg' (DTensor [4, 6] Float [Shard(0)])" +
+                        (world_size() > 1 ? " on rank " + std::to_string(last) : std::string())));
 }
 
 TEST_F(VerifyOsd, ParameterIdsMapToFqns) {
