@@ -77,11 +77,25 @@ void combine(at::Tensor& acc, const at::Tensor& piece, PartialOp op) {
 
 // Reduces `pieces` (the values along one Partial mesh dimension, in coordinate order) by `op`.
 // full_tensor() and the verifier both reduce through here, so their results agree bit for bit.
+// Avg sums in double (complex double) and rounds once; where every piece holds the same value
+// the mean is that value, exactly (x + x + x rounds in double; distribute_tensor gives every
+// member the value, and the round trip must give it back bit for bit).
 at::Tensor reduce_pieces(const std::vector<at::Tensor>& pieces, PartialOp op) {
-  at::Tensor acc = pieces.front().clone();
-  for (std::size_t i = 1; i < pieces.size(); ++i) combine(acc, pieces[i], op);
-  if (op == PartialOp::kAvg) acc.div_(static_cast<double>(pieces.size()));
-  return acc;
+  if (op != PartialOp::kAvg) {
+    at::Tensor acc = pieces.front().clone();
+    for (std::size_t i = 1; i < pieces.size(); ++i) combine(acc, pieces[i], op);
+    return acc;
+  }
+  const at::Tensor& first = pieces.front();
+  const auto wide = first.is_complex() ? at::kComplexDouble : at::kDouble;
+  at::Tensor sum = first.to(wide, /*non_blocking=*/false, /*copy=*/true);
+  at::Tensor same = at::ones_like(first, first.options().dtype(at::kBool));
+  for (std::size_t i = 1; i < pieces.size(); ++i) {
+    sum.add_(pieces[i].to(wide));
+    same.logical_and_(pieces[i] == first);
+  }
+  sum.div_(static_cast<double>(pieces.size()));
+  return at::where(same, first, sum.to(first.scalar_type()));
 }
 
 }  // namespace

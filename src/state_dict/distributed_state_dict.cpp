@@ -49,9 +49,12 @@ struct GroupBatch {
 constexpr std::int64_t kSoloBytes = 1 << 20;
 
 // Whether the group's pieces, back to back in group-rank order, are the full tensor: a 1-D mesh
-// with Shard(0) and equal pieces.
+// with Shard(0) and equal pieces, not empty (empty pieces are padded to one byte for the
+// exchange, and the padding is not part of any tensor).
 bool concatenation_is_full(const GroupBatch& b, const std::vector<std::int64_t>& sizes) {
-  if (b.leaves.size() != 1 || !b.leaves[0].value->is<DTensor>()) return false;
+  if (b.leaves.size() != 1 || !b.leaves[0].value->is<DTensor>() || sizes.empty() || sizes[0] == 0) {
+    return false;
+  }
   const auto& d = b.leaves[0].value->as<DTensor>();
   return d.mesh()->ndim() == 1 && d.placements()[0] == Placement(Shard{0}) &&
          std::all_of(sizes.begin(), sizes.end(), [&](std::int64_t s) { return s == sizes[0]; });

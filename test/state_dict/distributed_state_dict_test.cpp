@@ -84,6 +84,21 @@ TEST_F(GatherStateDict, EverySharedLayoutGathersExactly) {
   expect_same(StateValue(full), StateValue(gathered), "");
 }
 
+// Empty pieces, alone in their group's batch: the exchange pads them to one byte, which is no
+// part of the tensor (found by the layout fuzzer: gather_state_dict threw from_bytes).
+TEST_F(GatherStateDict, EmptyTensorsGatherToEmptyTensors) {
+  const auto mesh = DeviceMesh::create({world_size()});
+  for (const auto& shape : std::vector<std::vector<std::int64_t>>{{0}, {0, 3}, {2, 0}}) {
+    const at::Tensor t = at::zeros(shape);
+    StateDict sharded;
+    sharded.insert("e", c10dtest::distribute_tensor(t, mesh, {c10dtest::Shard{0}}));
+    const StateDict gathered = c10dtest::gather_state_dict(sharded);
+    const at::Tensor& g = gathered.at("e").as<at::Tensor>();
+    EXPECT_EQ(g.sizes(), t.sizes());
+    EXPECT_EQ(g.scalar_type(), t.scalar_type());
+  }
+}
+
 TEST_F(GatherStateDict, LargeValuesTravelAloneAndStayExact) {
   // Pieces of 1 MiB and more take their own collective; an even dim-0 split lands in place.
   auto mesh = DeviceMesh::create({world_size()});
