@@ -21,8 +21,8 @@ namespace c10dtest {
 class DTensor {
  public:
   // Wraps this rank's `local` piece. Checks the placements against the mesh and global shape
-  // and the local tensor's shape against what this rank should hold; ConfigError names the
-  // mismatch.
+  // and the local tensor's shape against what this rank should hold; ShardingError names the
+  // mismatch (ConfigError when there is no mesh).
   DTensor(at::Tensor local, std::shared_ptr<const DeviceMesh> mesh,
           std::vector<Placement> placements, std::vector<std::int64_t> global_shape);
 
@@ -78,6 +78,11 @@ void local_extent(const std::vector<std::int64_t>& global_shape,
                   const std::vector<Placement>& placements, const DeviceMesh& mesh,
                   const std::vector<std::int64_t>& coord, std::vector<std::int64_t>* shape,
                   std::vector<std::int64_t>* offset);
+// The piece at `coord` of a value whose Partial dims must reduce to `piece` (this rank's slice
+// of the full value): in place, the neutral value (0 for sum, 1 for product) where the first
+// sum or product dim with a non-zero coordinate says so; as distribute_tensor makes them.
+void partial_piece(at::Tensor& piece, const std::vector<Placement>& placements,
+                   const std::vector<std::int64_t>& coord);
 }  // namespace detail
 
 }  // namespace c10dtest

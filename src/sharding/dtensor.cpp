@@ -119,6 +119,20 @@ void local_extent(const std::vector<std::int64_t>& global_shape,
   }
 }
 
+void partial_piece(at::Tensor& piece, const std::vector<Placement>& placements,
+                   const std::vector<std::int64_t>& coord) {
+  // Partial dims are reduced in mesh-dim order, so a member holds the neutral value of the
+  // first sum or product dim along which it is not at coordinate 0 (avg, max and min dims hold
+  // the value at every coordinate and decide nothing): dims are visited from the last, the
+  // first one writing last. Each reduction then gives the value the next one expects.
+  for (std::size_t m = std::min(placements.size(), coord.size()); m-- > 0;) {
+    const auto* partial = std::get_if<Partial>(&placements[m]);
+    if (partial == nullptr || coord[m] == 0) continue;
+    if (partial->op == PartialOp::kSum) piece.zero_();
+    if (partial->op == PartialOp::kProduct) piece.fill_(1);
+  }
+}
+
 }  // namespace detail
 
 DTensor::DTensor(at::Tensor local, std::shared_ptr<const DeviceMesh> mesh,
@@ -359,15 +373,7 @@ DTensor distribute_tensor(const at::Tensor& full, std::shared_ptr<const DeviceMe
   detail::local_extent(global, placements, *mesh, coord, &shape, &offset);
   at::Tensor local = detail::slice_block(whole, shape, offset).clone();
   check_partial_dtype(placements, local.scalar_type());
-  // Partial: a value whose reduction along the dim is `full`. Sum and avg: the value at
-  // coordinate 0, zeros elsewhere for sum, the value everywhere for avg; product: ones
-  // elsewhere; max and min: the value everywhere.
-  for (int m = 0; m < mesh->ndim(); ++m) {
-    const auto* partial = std::get_if<Partial>(&placements[static_cast<std::size_t>(m)]);
-    if (partial == nullptr || coord[static_cast<std::size_t>(m)] == 0) continue;
-    if (partial->op == PartialOp::kSum) local.zero_();
-    if (partial->op == PartialOp::kProduct) local.fill_(1);
-  }
+  detail::partial_piece(local, placements, coord);
   return DTensor(local, std::move(mesh), std::move(placements), global);
 }
 

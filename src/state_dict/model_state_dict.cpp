@@ -3,6 +3,7 @@
 
 #include <torch/csrc/autograd/grad_mode.h>
 
+#include <algorithm>
 #include <sstream>
 
 #include "c10dtest/distributed_state_dict.hpp"
@@ -88,9 +89,13 @@ namespace detail {
 
 at::Tensor tensor_for_parameter(const StateValue& value, const ParamLayout* layout,
                                 const std::string& what) {
+  // Laid out like the parameter (the same placements, global shape and mesh: shape and ranks):
+  // this rank's piece as it is.
   if (value.is<DTensor>() && layout != nullptr &&
       value.as<DTensor>().placements() == layout->placements &&
-      value.as<DTensor>().global_shape() == layout->global_shape) {
+      value.as<DTensor>().global_shape() == layout->global_shape &&
+      value.as<DTensor>().mesh()->shape() == layout->mesh->shape() &&
+      value.as<DTensor>().mesh()->ranks() == layout->mesh->ranks()) {
     return value.as<DTensor>().local();
   }
   at::Tensor full;
@@ -110,12 +115,20 @@ at::Tensor tensor_for_parameter(const StateValue& value, const ParamLayout* layo
                          " from checkpoint, the shape in current model is " +
                          shape_text(layout->global_shape) + " (sharded)");
   }
-  // This rank's piece of the layout.
+  // This rank's piece of the layout. Along a Partial dim, as distribute_tensor gives it: the
+  // value at coordinate 0 and zeros elsewhere for sum, ones elsewhere for product, the value
+  // everywhere for avg, max and min (so that the members' reduction is the full value).
   std::vector<std::int64_t> shape;
   std::vector<std::int64_t> offset;
-  local_extent(layout->global_shape, layout->placements, *layout->mesh,
-               layout->mesh->coordinate_of(layout->mesh->my_rank()), &shape, &offset);
-  return slice_block(full, shape, offset);
+  const auto coord = layout->mesh->coordinate_of(layout->mesh->my_rank());
+  local_extent(layout->global_shape, layout->placements, *layout->mesh, coord, &shape, &offset);
+  at::Tensor piece = slice_block(full, shape, offset);
+  if (std::any_of(layout->placements.begin(), layout->placements.end(),
+                  [](const Placement& p) { return std::holds_alternative<Partial>(p); })) {
+    piece = piece.clone();
+    partial_piece(piece, layout->placements, coord);
+  }
+  return piece;
 }
 
 }  // namespace detail
@@ -170,15 +183,29 @@ StateDict get_model_state_dict(const torch::nn::Module& module, const StateDictO
     if (layout == layouts.end()) {
       sd.insert(s.path, t);
     } else {
-      sd.insert(s.path, DTensor(t, layout->second.mesh, layout->second.placements,
-                                layout->second.global_shape));
+      try {
+        sd.insert(s.path, DTensor(t, layout->second.mesh, layout->second.placements,
+                                  layout->second.global_shape));
+      } catch (const ShardingError& e) {
+        // Said with the parameter whose layout does not fit what it holds.
+        throw ShardingError("get_model_state_dict: the layout of '" + s.path + "': " + e.what());
+      }
     }
   }
   run_save_hooks(module, "", sd);
   if (options.full_state_dict) {
     for (std::size_t i = 0; i < sd.size(); ++i) {
       StateValue& v = sd.value(i);
-      if (v.is<DTensor>()) v = v.as<DTensor>().full_tensor();
+      if (v.is<DTensor>()) {
+        const DTensor& d = v.as<DTensor>();
+        // Outside the DTensor's mesh: as gather_state_dict (and PyTorch) give it, the empty
+        // local tensor; the mesh's ranks gather among themselves.
+        if (!d.mesh()->contains(d.mesh()->my_rank())) {
+          v = d.local().defined() ? d.local() : at::empty({0});
+        } else {
+          v = d.full_tensor();
+        }
+      }
       if (v.is<ShardedTensor>()) v = v.as<ShardedTensor>().full_tensor();
     }
   }

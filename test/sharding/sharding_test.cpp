@@ -183,6 +183,19 @@ TEST_F(DTensorRoundTrip, EveryPartialOpReducesBackToTheTensor) {
   if (world_size() % 2 == 0) meshes.push_back(DeviceMesh::create({2, world_size() / 2}));
   // Three members: the mean of three copies of x, summed in double, rounds; it must not.
   if (world_size() >= 3) meshes.push_back(DeviceMesh::create({3}, {0, 1, 2}));
+  // Two Partial dims with different ops, in both orders (found by the layout fuzzer: sum then
+  // product gave twice the value).
+  if (world_size() % 2 == 0) {
+    const auto grid = DeviceMesh::create({2, world_size() / 2});
+    for (const auto first : {PartialOp::kSum, PartialOp::kAvg, PartialOp::kProduct, PartialOp::kMax}) {
+      for (const auto second : {PartialOp::kSum, PartialOp::kProduct, PartialOp::kMin}) {
+        const at::Tensor full = random_full(at::kDouble, {3, 2});
+        const auto d = c10dtest::distribute_tensor(full, grid, {Partial{first}, Partial{second}});
+        SCOPED_TRACE(d.describe());
+        EXPECT_TRUE(at::equal(d.full_tensor(), full)) << "the round trip is not exact";
+      }
+    }
+  }
   for (const auto op : {PartialOp::kSum, PartialOp::kAvg, PartialOp::kProduct, PartialOp::kMax,
                         PartialOp::kMin}) {
     for (const auto dtype : {at::kFloat, at::kDouble, at::kLong, at::kBool, at::kComplexFloat}) {

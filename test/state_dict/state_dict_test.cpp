@@ -240,6 +240,73 @@ TEST_F(ShardedModelStateDict, DTensorValuesGatherToTheReference) {
   }
 }
 
+// Layouts at their edges: a DTensor on another mesh with the same placements, a Partial(sum)
+// layout, a rank outside the layout's mesh, and a parameter that does not fit its layout.
+TEST_F(ShardedModelStateDict, LayoutEdgesLoadAndSaveTheRightPieces) {
+  C10DTEST_REQUIRE_WORLD_SIZE(2);
+  torch::nn::Linear lin(4, 2 * world_size());
+  const at::Tensor full = at::arange(2 * world_size() * 4, at::kFloat).reshape({2 * world_size(), 4});
+  std::vector<int> reversed;
+  for (int r = world_size() - 1; r >= 0; --r) reversed.push_back(r);
+  const auto mesh = c10dtest::DeviceMesh::create({world_size()});
+  const auto backwards = c10dtest::DeviceMesh::create({world_size()}, reversed);
+  c10dtest::ParamLayouts layouts;
+  layouts["weight"] = {mesh, {c10dtest::Shard{0}}, full.sizes().vec()};
+  {
+    torch::NoGradGuard no_grad;
+    lin->weight.set_data(c10dtest::distribute_tensor(full, mesh, {c10dtest::Shard{0}}).local().clone());
+  }
+  StateDictOptions full_sd;
+  full_sd.full_state_dict = true;
+  // The same placements on a mesh with the ranks reversed: each rank's piece is another's, so
+  // the value is gathered and sliced, never taken as it is.
+  StateDict sd;
+  sd.insert("weight", c10dtest::distribute_tensor(full, backwards, {c10dtest::Shard{0}}));
+  sd.insert("bias", lin->bias.detach().clone());
+  c10dtest::set_model_state_dict(*lin, sd, {}, layouts);
+  EXPECT_TRUE(at::equal(c10dtest::get_model_state_dict(*lin, full_sd, layouts).at("weight").as<at::Tensor>(), full));
+  // A Partial(sum) layout: loading a full value gives each member what distribute_tensor would,
+  // so that the members' sum is the value (not the value times the world size).
+  c10dtest::ParamLayouts partial;
+  partial["weight"] = {mesh, {c10dtest::Partial{}}, full.sizes().vec()};
+  {
+    torch::NoGradGuard no_grad;
+    lin->weight.set_data(full.clone());
+  }
+  StateDict plain;
+  plain.insert("weight", full);
+  plain.insert("bias", lin->bias.detach().clone());
+  c10dtest::set_model_state_dict(*lin, plain, {}, partial);
+  EXPECT_TRUE(at::equal(c10dtest::get_model_state_dict(*lin, full_sd, partial).at("weight").as<at::Tensor>(), full));
+  // Outside the layout's mesh: full_state_dict gives that rank the empty local tensor.
+  const auto first = c10dtest::DeviceMesh::create({1}, {0});
+  c10dtest::ParamLayouts only_zero;
+  only_zero["weight"] = {first, {c10dtest::Replicate{}}, full.sizes().vec()};
+  {
+    torch::NoGradGuard no_grad;
+    lin->weight.set_data(rank() == 0 ? full.clone() : at::empty({0, 4}));
+  }
+  const StateDict got = c10dtest::get_model_state_dict(*lin, full_sd, only_zero);
+  if (rank() == 0) {
+    EXPECT_TRUE(at::equal(got.at("weight").as<at::Tensor>(), full));
+  } else {
+    EXPECT_EQ(got.at("weight").as<at::Tensor>().numel(), 0);
+  }
+  // A parameter that does not hold its layout's piece: the error names it.
+  {
+    torch::NoGradGuard no_grad;
+    lin->weight.set_data(full.clone());
+  }
+  try {
+    c10dtest::get_model_state_dict(*lin, {}, layouts);
+    ADD_FAILURE() << "a whole tensor passed for a Shard(0) piece";
+  } catch (const c10dtest::ShardingError& e) {
+    EXPECT_NE(std::string(e.what()).find("get_model_state_dict: the layout of 'weight': DTensor: rank"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
 TEST_F(ShardedModelStateDict, CpuOffloadWithFullStateDictLeavesOthersEmpty) {
   ct::UnitModule model;
   const auto layouts = shard_rows(*model);
