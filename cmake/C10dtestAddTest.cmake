@@ -5,8 +5,9 @@
 #   world size 1: the bare binary (<name>.np1);
 #   LAUNCHER mpirun (the default when FindMPI found an mpiexec): <name>.mpirun.np<N>, run as
 #     MPIEXEC_EXECUTABLE MPIEXEC_NUMPROC_FLAG N MPIEXEC_PREFLAGS <binary> MPIEXEC_POSTFLAGS ARGS;
-#   LAUNCHER srun: <name>.srun.np<N>, run as SRUN_EXECUTABLE --ntasks=N C10DTEST_SRUN_FLAGS
-#     <binary> ARGS, inside an allocation or on a cluster where srun allocates by itself;
+#   LAUNCHER srun: <name>.srun.np<N>, run as SRUN_EXECUTABLE --ntasks=N --kill-on-bad-exit=1
+#     C10DTEST_SRUN_FLAGS <binary> ARGS, inside an allocation or on a cluster where srun
+#     allocates by itself;
 #   LAUNCHER self: <name>.self.np<N>, run as <binary> --c10dtest_world_size=N ARGS (the binary
 #     starts its own ranks; the default without an mpiexec).
 # Each entry gets PROCESSORS N, the labels "c10dtest", "np<N>" and the launcher's name, and a
@@ -100,7 +101,10 @@ function(c10dtest_add_test target)
       endif()
     elseif(ARG_LAUNCHER STREQUAL "srun")
       set(name ${ARG_NAME}.srun.np${n})
-      set(cmd ${SRUN_EXECUTABLE} --ntasks=${n} ${C10DTEST_SRUN_FLAGS} $<TARGET_FILE:${target}>)
+      # --kill-on-bad-exit=1: once a task exits non-zero, Slurm ends the others; without it srun
+      # waits for a stopped (or hung, unreachable) task after the rest have reported it.
+      set(cmd ${SRUN_EXECUTABLE} --ntasks=${n} --kill-on-bad-exit=1 ${C10DTEST_SRUN_FLAGS}
+          $<TARGET_FILE:${target}>)
     else()
       set(name ${ARG_NAME}.self.np${n})
       set(cmd $<TARGET_FILE:${target}> --c10dtest_world_size=${n})

@@ -238,7 +238,7 @@ run_srun() {  # run_srun LOG NTASKS BINARY ARGS...; sets $rc
   local started=$SECONDS
   # In the background and waited for, so that a signal to this script is acted on at once.
   timeout -k 10 "$srun_timeout" srun --ntasks="$n" --nodes=1 --mpi=none --chdir="$tmp/run" \
-    --job-name=c10dtest "$@" --gtest_color=no </dev/null >"$log" 2>&1 &
+    --job-name=c10dtest ${SRUN_EXTRA:-} "$@" --gtest_color=no </dev/null >"$log" 2>&1 &
   srun_pid=$!
   wait "$srun_pid" || rc=$?
   srun_pid=
@@ -304,21 +304,25 @@ summary+=("PASS  srun -n 4 child_suite --gtest_shuffle --gtest_repeat=2 --gtest_
 # the output and in the XML report, which holds the test that passed before the death. The exit
 # codes are recorded in the summary (docs/reliability.md lists them): c10dtest makes every task it
 # can exit with 4; for a task killed by a signal it cannot catch, the code is Slurm's choice.
-for fault in SEGV ABRT TERM KILL; do
+# A stopped task never exits by itself: without --kill-on-bad-exit=1 (as c10dtest_add_test
+# passes it) srun waits for it after the others have exited, until something kills it.
+for fault in SEGV ABRT TERM KILL STOP EXIT7; do
   log=$tmp/log/child_suite-dies-$fault.out
   xml=$tmp/run/dies-$fault.xml
-  C10DTEST_CHILD_VICTIM=2:$fault run_srun "$log" 4 "$tmp/bin/child_suite" \
+  extra=
+  [ "$fault" != STOP ] || extra=--kill-on-bad-exit=1
+  SRUN_EXTRA=$extra C10DTEST_CHILD_VICTIM=2:$fault run_srun "$log" 4 "$tmp/bin/child_suite" \
     --gtest_filter='Dies.*' --c10dtest_timeout=120 --gtest_output="xml:$xml"
-  [ "$rc" -ne 0 ] || fail_run "$log" "srun -n 4 child_suite: rank 2 got SIG$fault and the run passed"
+  [ "$rc" -ne 0 ] || fail_run "$log" "srun -n 4 child_suite: rank 2 got $fault and the run passed"
   grep -qF 'rank 2 of 4' "$log" ||
-    fail_run "$log" "srun -n 4 child_suite: SIG$fault of rank 2 does not name rank 2 of 4"
+    fail_run "$log" "srun -n 4 child_suite: $fault of rank 2 does not name rank 2 of 4"
   if grep -E '^\[  DEAD    \] rank [013] of 4' "$log"; then
-    fail_run "$log" "srun -n 4 child_suite: SIG$fault of rank 2 blamed another rank"
+    fail_run "$log" "srun -n 4 child_suite: $fault of rank 2 blamed another rank"
   fi
   ! grep -qF 'ran after a rank died' "$log" ||
     fail_run "$log" "srun -n 4 child_suite: a test ran after rank 2 died"
-  [ -s "$xml" ] || fail_run "$log" "srun -n 4 child_suite: no XML report after SIG$fault of rank 2"
-  python3 - "$xml" <<'PY' || fail_run "$log" "srun -n 4 child_suite: the XML after SIG$fault of rank 2 is wrong"
+  [ -s "$xml" ] || fail_run "$log" "srun -n 4 child_suite: no XML report after $fault of rank 2"
+  python3 - "$xml" <<'PY' || fail_run "$log" "srun -n 4 child_suite: the XML after $fault of rank 2 is wrong"
 import sys, xml.etree.ElementTree as ET
 root = ET.parse(sys.argv[1]).getroot()
 cases = {c.get("name"): c for c in root.iter("testcase")}
@@ -328,7 +332,7 @@ assert victim is not None and victim.find("failure") is not None, "VictimDies mi
 assert "rank 2 of 4" in victim.find("failure").get("message"), "VictimDies does not name rank 2 of 4"
 assert "NeverRuns" not in cases, "NeverRuns is in the report"
 PY
-  summary+=("PASS  srun -n 4 child_suite, SIG$fault on rank 2: exit code $rc, rank 2 named in the output and the XML")
+  summary+=("PASS  srun -n 4 child_suite, $fault on rank 2: exit code $rc, rank 2 named in the output and the XML")
 done
 
 # c10dtest_add_test(... LAUNCHER srun): the consumer project of test/package, built against this

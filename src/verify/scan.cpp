@@ -101,7 +101,11 @@ constexpr bool kFloatLike = std::is_floating_point_v<T> || std::is_same_v<T, c10
 
 // Whether any a[i] != e[i] (NaN included). Built for AVX2 as well where the compiler can
 // dispatch at run time, as this loop carries most of a verification's time.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+// Not under ThreadSanitizer: the clones' resolver runs while the dynamic loader relocates the
+// binary, before the sanitizer's runtime is set up, and its instrumented entry crashed every
+// binary that links this file (SIGSEGV before main).
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && \
+    !defined(__SANITIZE_THREAD__)
 #define C10DTEST_VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
 #else
 #define C10DTEST_VECTOR_CLONES

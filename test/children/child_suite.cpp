@@ -117,7 +117,8 @@ TEST_F(Crash, ExitOnRankOne) {
 }
 
 // The report after a death: two finished tests (one failed), then a rank dies as
-// C10DTEST_CHILD_VICTIM="<rank>:<KILL|SEGV|ABRT|TERM>" says, while the others wait in a barrier.
+// C10DTEST_CHILD_VICTIM="<rank>:<KILL|SEGV|ABRT|TERM|STOP|EXIT7>" says, while the others wait in
+// a barrier (STOP: the rank stays stopped until its launcher ends it; EXIT7: exit(7)).
 class Dies : public c10dtest::DistributedTest {};
 
 TEST_F(Dies, FirstPasses) {
@@ -135,8 +136,10 @@ TEST_F(Dies, VictimDies) {
   const int victim = std::stoi(s.substr(0, s.find(':')));
   const std::string sig = s.substr(s.find(':') + 1);
   if (rank() == victim) {
+    // EXIT7: the test calls exit(7), as code under test might.
+    if (sig == "EXIT7") std::exit(7);
     const int number = sig == "KILL" ? SIGKILL : sig == "SEGV" ? SIGSEGV
-                     : sig == "ABRT" ? SIGABRT : SIGTERM;
+                     : sig == "ABRT" ? SIGABRT : sig == "STOP" ? SIGSTOP : SIGTERM;
     std::raise(number);
     // SIGTERM is handled: the rank goes on, as a busy process would, until it is ended.
     std::this_thread::sleep_for(std::chrono::seconds(60));
