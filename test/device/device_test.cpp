@@ -149,7 +149,9 @@ TEST_F(OnDevice, CpuReferenceAgainstShardsOnTheDevice) {
   const auto r = verify_msd(reference, bad);
   ASSERT_FALSE(r);
   EXPECT_THAT(r.message(), HasSubstr("'w' (DTensor [8, 3] Float [Shard(0)])"));
-  if (world_size() > 1) EXPECT_THAT(r.message(), HasSubstr("on rank " + std::to_string(last)));
+  if (world_size() > 1) {
+    EXPECT_THAT(r.message(), HasSubstr("on rank " + std::to_string(last)));
+  }
   EXPECT_THAT(r.message(), HasSubstr("max abs diff 0.5"));
 }
 

@@ -214,7 +214,8 @@ TEST_F(DTensorRoundTrip, EveryPartialOpReducesBackToTheTensor) {
         const at::Tensor reduced = d.reduce_partials().full_tensor();
         EXPECT_TRUE(at::equal(back, full)) << "the round trip is not exact";
         EXPECT_TRUE(at::equal(reduced, back)) << "reduce_partials and full_tensor differ";
-        for (const auto& p : d.reduce_partials().placements()) {
+        const auto reduced_dtensor = d.reduce_partials();  // a temporary's placements would dangle
+        for (const auto& p : reduced_dtensor.placements()) {
           EXPECT_FALSE(std::holds_alternative<Partial>(p));
         }
       }

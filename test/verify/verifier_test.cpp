@@ -391,7 +391,9 @@ TEST_F(MeshEdges, SubMeshValueIsCheckedByItsRanksAndTheVerdictReachesEveryRank) 
   if (rank() == wrong) add_one(dist, "sub.w", 1.0);
   const std::string m = verdict(ref, dist);
   EXPECT_THAT(m, HasSubstr("'sub.w'"));
-  if (world_size() > 1) EXPECT_THAT(m, HasSubstr("on rank " + std::to_string(wrong)));
+  if (world_size() > 1) {
+    EXPECT_THAT(m, HasSubstr("on rank " + std::to_string(wrong)));
+  }
   EXPECT_THAT(m, ::testing::Not(HasSubstr("world.b")));
 }
 
@@ -602,7 +604,9 @@ TEST_F(Messages, CopiesAreCountedOnceAndNamedByRank) {
   dist.insert("step", at::scalar_tensor(rank() == last ? 4.0 : 3.0, at::kDouble));
   m = verdict(ref, dist);
   EXPECT_THAT(m, HasSubstr("1 of 1 elements differ (100%); first at []"));
-  if (world_size() > 1) EXPECT_THAT(m, HasSubstr("on rank " + std::to_string(last) + ":"));
+  if (world_size() > 1) {
+    EXPECT_THAT(m, HasSubstr("on rank " + std::to_string(last) + ":"));
+  }
   // A sharded copy per row of a 2-D mesh: each copy's pieces are added up, the copies are not.
   if (world_size() % 2 == 0) {
     const auto mesh2 = DeviceMesh::create({2, world_size() / 2});
