@@ -272,11 +272,13 @@ void ControlPlane::arrive(const std::string& tag, const std::string& value,
 std::vector<std::string> ControlPlane::all_gather(const std::string& tag,
                                                   const std::string& value,
                                                   std::chrono::milliseconds timeout) {
-  arrive(tag, value, timeout);
+  // Never an empty value in the store: c10d's TCPStore answers a read of one about 200 ms late
+  // (in LibTorch 1.13 and 2.x alike). Each value travels with a leading '='.
+  arrive(tag, "=" + value, timeout);
   std::vector<std::string> out(static_cast<std::size_t>(world_size_));
   for (int r = 0; r < world_size_; ++r) {
     out[static_cast<std::size_t>(r)] =
-        r == rank_ ? value : text(store_->get(tag + "/" + std::to_string(r)));
+        r == rank_ ? value : text(store_->get(tag + "/" + std::to_string(r))).substr(1);
   }
   return out;
 }

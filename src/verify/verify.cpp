@@ -40,10 +40,7 @@ VerifyStrategy parse_verify_strategy(const std::string& name) {
 std::vector<std::string> detail::exchange_text(Context* context, const std::string& what,
                                                const std::string& value) {
   if (context == nullptr || context->world_size() == 1) return {value};
-  // Never an empty value in the store: c10d's TCPStore answers a read of one about 200 ms late.
-  std::vector<std::string> all = context->all_gather_text(what, "=" + value);
-  for (auto& v : all) v.erase(0, 1);
-  return all;
+  return context->all_gather_text(what, value);
 }
 
 namespace {
