@@ -10,25 +10,15 @@
 #include <c10dtest/c10dtest.hpp>
 #include <c10dtest/distributed_state_dict.hpp>
 
+#include "median.hpp"
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-template <typename F>
-double median_seconds(int reps, F&& f) {
-  std::vector<double> t;
-  for (int i = 0; i < reps; ++i) {
-    const auto start = Clock::now();
-    f();
-    t.push_back(std::chrono::duration<double>(Clock::now() - start).count());
-  }
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
+using c10dtest::bench::median_seconds;
 
 class GatherBench : public c10dtest::DistributedTest {
  protected:

@@ -13,26 +13,19 @@
 #include <c10dtest/testing/trainers.hpp>
 #include <c10dtest/verify.hpp>
 
+#include "median.hpp"
+
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
-#include <vector>
+#include <utility>
 
 namespace {
 
 namespace ct = c10dtest::testing;
-using Clock = std::chrono::steady_clock;
-
+// Milliseconds.
 template <typename F>
 double median_ms(int reps, F&& f) {
-  std::vector<double> t;
-  for (int i = 0; i < reps; ++i) {
-    const auto start = Clock::now();
-    f();
-    t.push_back(std::chrono::duration<double, std::milli>(Clock::now() - start).count());
-  }
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
+  return 1e3 * c10dtest::bench::median_seconds(reps, std::forward<F>(f));
 }
 
 class SmallVerifyBench : public c10dtest::DistributedTest, public c10dtest::VerifyStateDictMixin {
