@@ -70,6 +70,27 @@ void slots(const torch::nn::Module& m, const std::string& prefix, std::vector<Sl
   for (const auto& c : m.named_children()) slots(*c.value(), prefix + c.key() + ".", out);
 }
 
+// Every key of `layouts` must be a parameter or buffer path of the module: a misspelled key, or
+// a state-dict key given for a renamed parameter, would leave that parameter's piece saved as a
+// plain tensor, to be found much later as a wrong shape.
+void check_layout_keys(const torch::nn::Module& module, const std::vector<Slot>& all,
+                       const ParamLayouts& layouts, const char* who) {
+  for (const auto& [key, layout] : layouts) {
+    const bool known = std::any_of(all.begin(), all.end(), [&](const Slot& s) { return s.path == key; });
+    if (known) continue;
+    std::string paths;
+    for (std::size_t i = 0; i < all.size() && i < 8; ++i) paths += (i ? ", " : "") + all[i].path;
+    if (all.size() > 8) paths += ", ...";
+    const std::string path = path_of(module, key);
+    throw ConfigError(std::string(who) + ": ParamLayouts key '" + key +
+                      "' is not a parameter or buffer path of the module (" + paths + ")" +
+                      (path != key && std::any_of(all.begin(), all.end(),
+                                                  [&](const Slot& s) { return s.path == path; })
+                           ? "; it is the state-dict key of '" + path + "', which is the path to use"
+                           : ""));
+  }
+}
+
 void run_save_hooks(const torch::nn::Module& m, const std::string& prefix, StateDict& sd) {
   for (const auto& c : m.named_children()) run_save_hooks(*c.value(), prefix + c.key() + ".", sd);
   if (const auto* hooks = dynamic_cast<const StateDictHooks*>(&m)) hooks->state_dict_hook(sd, prefix);
@@ -175,6 +196,7 @@ StateDict get_model_state_dict(const torch::nn::Module& module, const StateDictO
                                const ParamLayouts& layouts) {
   std::vector<Slot> all;
   slots(module, "", &all);
+  check_layout_keys(module, all, layouts, "get_model_state_dict");
   StateDict sd;
   for (const auto& s : all) {
     if (options.ignore_frozen_params && s.frozen) continue;
@@ -227,6 +249,7 @@ LoadResult set_model_state_dict(torch::nn::Module& module, const StateDict& stat
 
   std::vector<Slot> all;
   slots(module, "", &all);
+  check_layout_keys(module, all, layouts, "set_model_state_dict");
   std::map<std::string, std::string> key_of_path;
   LoadResult result;
   std::map<std::string, const Slot*> by_path;

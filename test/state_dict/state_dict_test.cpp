@@ -292,6 +292,24 @@ TEST_F(ShardedModelStateDict, LayoutEdgesLoadAndSaveTheRightPieces) {
   } else {
     EXPECT_EQ(got.at("weight").as<at::Tensor>().numel(), 0);
   }
+  // A ParamLayouts key that is no parameter's path: named, never silently ignored.
+  c10dtest::ParamLayouts typo;
+  typo["weights"] = layouts.at("weight");
+  for (int load = 0; load < 2; ++load) {
+    try {
+      if (load == 0) {
+        c10dtest::get_model_state_dict(*lin, {}, typo);
+      } else {
+        c10dtest::set_model_state_dict(*lin, plain, {}, typo);
+      }
+      ADD_FAILURE() << "a misspelled layout key was ignored";
+    } catch (const c10dtest::ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find("ParamLayouts key 'weights' is not a parameter or "
+                                           "buffer path of the module (weight, bias)"),
+                std::string::npos)
+          << e.what();
+    }
+  }
   // A parameter that does not hold its layout's piece: the error names it.
   {
     torch::NoGradGuard no_grad;
