@@ -128,6 +128,21 @@ TEST(ReferenceModules, FqnModifiersMapBothWays) {
   } only;
   c10dtest::set_model_state_dict(only, sd);
   EXPECT_TRUE(at::equal(only.embedding->weight, at::full({4, 4}, 2.0f)));
+  // ParamLayouts take paths: the state-dict key of a renamed parameter is named with its path
+  // (checked before any layout is used, so no mesh is needed here).
+  c10dtest::ParamLayouts by_key;
+  by_key["weight"] = c10dtest::ParamLayout{};
+  try {
+    c10dtest::get_model_state_dict(*modified, {}, by_key);
+    ADD_FAILURE() << "a state-dict key was taken for a path";
+  } catch (const c10dtest::ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("ParamLayouts key 'weight' is not a parameter or buffer "
+                                         "path of the module (embedding.weight, "
+                                         "fusion_embedding.weight); it is the state-dict key of "
+                                         "'embedding.weight', which is the path to use"),
+              std::string::npos)
+        << e.what();
+  }
 }
 
 TEST(ModelStateDict, StrictLoadingNamesUnexpectedAndMissingKeys) {
