@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <sstream>
+#include <string_view>
+#include <unordered_set>
 
 #include "c10dtest/distributed_state_dict.hpp"
 #include "common/tensor.hpp"
@@ -75,17 +77,18 @@ void slots(const torch::nn::Module& m, const std::string& prefix, std::vector<Sl
 // plain tensor, to be found much later as a wrong shape.
 void check_layout_keys(const torch::nn::Module& module, const std::vector<Slot>& all,
                        const ParamLayouts& layouts, const char* who) {
+  if (layouts.empty()) return;
+  std::unordered_set<std::string_view> paths;
+  for (const auto& s : all) paths.insert(s.path);
   for (const auto& [key, layout] : layouts) {
-    const bool known = std::any_of(all.begin(), all.end(), [&](const Slot& s) { return s.path == key; });
-    if (known) continue;
-    std::string paths;
-    for (std::size_t i = 0; i < all.size() && i < 8; ++i) paths += (i ? ", " : "") + all[i].path;
-    if (all.size() > 8) paths += ", ...";
+    if (paths.count(key) != 0) continue;
+    std::string listed;
+    for (std::size_t i = 0; i < all.size() && i < 8; ++i) listed += (i ? ", " : "") + all[i].path;
+    if (all.size() > 8) listed += ", ...";
     const std::string path = path_of(module, key);
     throw ConfigError(std::string(who) + ": ParamLayouts key '" + key +
-                      "' is not a parameter or buffer path of the module (" + paths + ")" +
-                      (path != key && std::any_of(all.begin(), all.end(),
-                                                  [&](const Slot& s) { return s.path == path; })
+                      "' is not a parameter or buffer path of the module (" + listed + ")" +
+                      (path != key && paths.count(path) != 0
                            ? "; it is the state-dict key of '" + path + "', which is the path to use"
                            : ""));
   }

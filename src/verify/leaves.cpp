@@ -260,14 +260,14 @@ std::string layout_signature(const LeafInfo& leaf) {
          std::to_string(meta.shards.size()) + " shards (layout " + hex_hash(fnv1a(shards)) + ")";
 }
 
-LayoutParts layout_parts(const LeafInfo& leaf) {
+LayoutParts layout_parts(const LeafInfo& leaf, const std::string& signature) {
   if (leaf.source != nullptr && leaf.source->is<DTensor>()) {
     const DTensor& d = leaf.source->as<DTensor>();
     return {"DTensor " + to_string(d.placements()) + " on a mesh of shape " +
                 shape_text(d.mesh()->shape()),
             d.mesh()->ranks()};
   }
-  return {layout_signature(leaf), {}};
+  return {signature, {}};
 }
 
 std::uint64_t layout_hash(const std::vector<LeafInfo>& leaves) {

@@ -69,7 +69,9 @@ struct LayoutParts {
   std::string form;
   std::vector<int> mesh_ranks;
 };
-LayoutParts layout_parts(const LeafInfo& leaf);
+// `signature`: layout_signature(leaf), already built by the caller (the form of a
+// ShardedTensor is its signature).
+LayoutParts layout_parts(const LeafInfo& leaf, const std::string& signature);
 // A hash of every (path, layout_signature) of `leaves`, in any order: equal on two ranks when
 // they hold the same distributed keys with the same layouts. Each mesh is described once.
 std::uint64_t layout_hash(const std::vector<LeafInfo>& leaves);

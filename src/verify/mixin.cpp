@@ -343,13 +343,12 @@ namespace detail {
   }
   VerifyOptions o = verify_options_;
   o.strategy = VerifyStrategy::kShardLocal;  // every rank holds both optimizers
-  auto loaded = verify_state_dict(get_optimizer_state_dict(model, optim),
-                                  get_optimizer_state_dict(model, new_optim), o);
+  const StateDict reference = get_optimizer_state_dict(model, optim);
+  auto loaded = verify_state_dict(reference, get_optimizer_state_dict(model, new_optim), o);
   if (loaded) return loaded;
   // The loaded state differs (the same verdict on every rank): the distributed dict compared
   // with the reference where it lies names the rank and the shard that hold the difference.
-  const auto located = detail::verify_osd_impl(model, optim, get_optimizer_state_dict(model, optim),
-                                               dist_osd, verify_options_);
+  const auto located = detail::verify_osd_impl(model, optim, reference, dist_osd, verify_options_);
   loaded << "\n  where the distributed optimizer state dict differs: "
          << (located ? std::string("nowhere: its values match; the load changed them")
                      : std::string(located.message()));

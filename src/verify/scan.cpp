@@ -154,47 +154,50 @@ inline bool close(T a, T e, Acc<T> atol, Acc<T> rtol, bool equal_nan, bool exact
 // integers and bool in float32 (the default dtype), and the actual error must be finite and at
 // most the allowed one. Note the tolerance is relative to `actual`, as in PyTorch.
 template <typename T>
-inline bool close_torch(T a, T e, float atol_f, float rtol_f, double atol_d, double rtol_d,
-                        bool equal_nan) {
-  if constexpr (std::is_same_v<T, double>) {
+inline bool close_torch(T a, T e, double atol, double rtol, bool equal_nan) {
+  if constexpr (std::is_floating_point_v<T>) {
+    // float32 and float64: in the dtype (for float32, atol and rtol as float, as ATen's kernels
+    // take a Python number).
     if (a == e || (equal_nan && a != a && e != e)) return true;
-    const double allowed = atol_d + std::abs(rtol_d * a);
-    const double actual = std::abs(e - a);
+    const T allowed = static_cast<T>(atol) + std::abs(static_cast<T>(rtol) * a);
+    const T actual = std::abs(e - a);
     return std::isfinite(actual) && actual <= allowed;
-  } else if constexpr (std::is_same_v<T, float>) {
-    if (a == e || (equal_nan && a != a && e != e)) return true;
-    const float allowed = atol_f + std::abs(rtol_f * a);
-    const float actual = std::abs(e - a);
-    return std::isfinite(actual) && actual <= allowed;
-  } else if constexpr (std::is_same_v<T, c10::Half> || std::is_same_v<T, c10::BFloat16>) {
+  } else if constexpr (kFloatLike<T>) {
+    // bfloat16 and half: each operation in float, rounded to the dtype.
     const float x = static_cast<float>(a);
     const float y = static_cast<float>(e);
     if (x == y || (equal_nan && x != x && y != y)) return true;
-    const float product = static_cast<float>(T(rtol_f * x));
-    const float allowed = static_cast<float>(T(atol_f + std::abs(product)));
+    const float product = static_cast<float>(T(static_cast<float>(rtol) * x));
+    const float allowed = static_cast<float>(T(static_cast<float>(atol) + std::abs(product)));
     const float actual = std::abs(static_cast<float>(T(y - x)));
     return std::isfinite(actual) && actual <= allowed;
   } else {
+    // Integers and bool: in float32.
     if (a == e) return true;
     const float x = static_cast<float>(a);
     const float y = static_cast<float>(e);
-    const float allowed = atol_f + std::abs(rtol_f * x);
+    const float allowed = static_cast<float>(atol) + std::abs(static_cast<float>(rtol) * x);
     const float actual = std::abs(y - x);
     return std::isfinite(actual) && actual <= allowed;
   }
 }
 
-template <typename T>
-void scan_block_torch(const T* e, const T* a, std::int64_t n, std::int64_t base,
-                      const ScanTolerance& t, const Where& w, MismatchStats& s) {
-  const auto atol_f = static_cast<float>(t.atol);
-  const auto rtol_f = static_cast<float>(t.rtol);
+// One block under a closeness rule `is_close(actual, expected)`: counts the elements, and
+// records the ones that are not close.
+template <typename T, typename Close>
+void scan_block_with(const T* e, const T* a, std::int64_t n, std::int64_t base, const Where& w,
+                     MismatchStats& s, Close is_close) {
   s.checked += n;
+  // Most verified data is bit-for-bit equal: one cheap vectorised pass settles that (a NaN is
+  // unequal to itself, so NaNs take the full rule below).
   if constexpr (std::is_arithmetic_v<T>) {
     if (!any_unequal(a, e, n)) return;
   }
+  std::int64_t bad = 0;
+  for (std::int64_t i = 0; i < n; ++i) bad += is_close(a[i], e[i]) ? 0 : 1;
+  if (bad == 0) return;
   for (std::int64_t i = 0; i < n; ++i) {
-    if (close_torch(a[i], e[i], atol_f, rtol_f, t.atol, t.rtol, t.equal_nan)) continue;
+    if (is_close(a[i], e[i])) continue;
     const double x = static_cast<double>(a[i]);
     const double y = static_cast<double>(e[i]);
     record(s, w, base + i, std::abs(x - y), y, nonfinite_class(x, y), value_text(e[i]),
@@ -205,28 +208,18 @@ void scan_block_torch(const T* e, const T* a, std::int64_t n, std::int64_t base,
 template <typename T>
 void scan_block(const T* e, const T* a, std::int64_t n, std::int64_t base, const ScanTolerance& t,
                 const Where& w, MismatchStats& s) {
-  if (t.torch_allclose) return scan_block_torch(e, a, n, base, t, w, s);
+  if (t.torch_allclose) {
+    return scan_block_with(e, a, n, base, w, s, [&t](T x, T y) {
+      return close_torch(x, y, t.atol, t.rtol, t.equal_nan);
+    });
+  }
   const bool exact = !kFloatLike<T> && t.rtol == 0 && t.atol == 0;
   const auto atol = static_cast<Acc<T>>(t.atol);
   const auto rtol = static_cast<Acc<T>>(t.rtol);
-  s.checked += n;
-  // Most verified data is bit-for-bit equal: one cheap vectorised pass settles that (a NaN is
-  // unequal to itself, so NaNs take the full rule below).
-  if constexpr (std::is_arithmetic_v<T>) {
-    if (!any_unequal(a, e, n)) return;
-  }
-  std::int64_t bad = 0;
-  for (std::int64_t i = 0; i < n; ++i) {
-    bad += close(a[i], e[i], atol, rtol, t.equal_nan, exact) ? 0 : 1;
-  }
-  if (bad == 0) return;
-  for (std::int64_t i = 0; i < n; ++i) {
-    if (close(a[i], e[i], atol, rtol, t.equal_nan, exact)) continue;
-    const double x = static_cast<double>(a[i]);
-    const double y = static_cast<double>(e[i]);
-    record(s, w, base + i, std::abs(x - y), y, nonfinite_class(x, y), value_text(e[i]),
-           value_text(a[i]));
-  }
+  const bool equal_nan = t.equal_nan;
+  scan_block_with(e, a, n, base, w, s, [=](T x, T y) {
+    return close(x, y, atol, rtol, equal_nan, exact);
+  });
 }
 
 // Complex tensors: the same rule on complex doubles, through ATen (blocks are small).

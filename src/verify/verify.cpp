@@ -119,16 +119,17 @@ struct KeyLayout {
 };
 
 std::string encode_layouts(const std::vector<LeafInfo>& leaves) {
-  std::vector<const LeafInfo*> held;
+  std::vector<std::pair<const LeafInfo*, std::string>> held;  // with its layout_signature()
   for (const auto& l : leaves) {
-    if (!layout_signature(l).empty()) held.push_back(&l);
+    std::string sig = layout_signature(l);
+    if (!sig.empty()) held.emplace_back(&l, std::move(sig));
   }
   std::string out;
   put_field(out, std::to_string(held.size()));
-  for (const LeafInfo* l : held) {
-    const LayoutParts parts = layout_parts(*l);
+  for (const auto& [l, sig] : held) {
+    const LayoutParts parts = layout_parts(*l, sig);
     put_field(out, l->path);
-    put_field(out, layout_signature(*l));
+    put_field(out, sig);
     put_field(out, parts.form);
     put_ints(out, std::vector<std::int64_t>(parts.mesh_ranks.begin(), parts.mesh_ranks.end()));
   }
