@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -56,10 +57,16 @@ class ControlPlane {
   void wait(const std::vector<std::string>& keys, std::chrono::milliseconds timeout);
 
   // Every rank contributes `value` under `tag` (unique per call); returns all values by rank.
-  // TimeoutError names the ranks that did not contribute.
+  // TimeoutError names the ranks that did not contribute. O(N) store requests in all (the last
+  // rank to arrive collects and publishes); the store keeps no keys of exchanges every rank is
+  // done with (each rank's value sits in one slot key "x/<rank>", overwritten by its next
+  // exchange). Every rank must make the same exchanges in the same order.
   std::vector<std::string> all_gather(const std::string& tag, const std::string& value,
                                       std::chrono::milliseconds timeout);
   void barrier(const std::string& tag, std::chrono::milliseconds timeout);
+  // Whether `rank` has posted its value to the exchange `tag` (or the exchange is complete):
+  // for a watchdog's report of who is waiting in an exchange and who never came.
+  bool posted(const std::string& tag, int rank);
   // The last use of the store, after a barrier every rank passed: rank 0 (which serves the store)
   // returns once every other rank's last request has been answered, so that none of them finds
   // the server gone ("Broken pipe"); the others return at once. False when rank 0 gave up after
@@ -72,12 +79,12 @@ class ControlPlane {
  private:
   ControlPlane(int rank, int world_size, std::string host, int port, std::string prefix,
                c10::intrusive_ptr<c10d::TCPStore> tcp, std::string rendezvous_file);
-  // The start barrier: `arrive`, with the stall rule of connect().
+  // The start barrier, with the stall rule of connect(); each rank's key names its host for
+  // the message about the ranks that did not arrive.
+  // A key's value in one request (a c10d get waits for the key first: two), or nullopt.
+  std::optional<std::string> read(const std::string& key);
   void start_barrier(const LaunchInfo& launch, std::chrono::steady_clock::time_point deadline,
                      std::chrono::milliseconds stall);
-  // Posts this rank's value under `tag` and waits until every rank has.
-  void arrive(const std::string& tag, const std::string& value,
-              std::chrono::milliseconds timeout);
 
   int rank_;
   int world_size_;
@@ -87,6 +94,7 @@ class ControlPlane {
   c10::intrusive_ptr<c10d::TCPStore> tcp_;
   c10::intrusive_ptr<c10d::Store> store_;
   std::string rendezvous_file_;  // rank 0 removes it on destruction
+  std::string last_exchange_;    // the tag of this rank's last all_gather that completed
 };
 
 }  // namespace c10dtest

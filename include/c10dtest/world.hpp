@@ -8,8 +8,10 @@
 
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "c10dtest/comm.hpp"
@@ -55,6 +57,13 @@ class World final : public Context {
 
   // A group of `ranks` (world ranks, each once, ascending or not). Collective: every rank must
   // call it, in the same order; ranks outside the group get nullptr. Uses the world's backend.
+  //
+  // Groups are cached by (ranks in their order, backend) for the life of the world: asking again
+  // for a group this rank already belongs to returns the same group, with no store traffic (a
+  // DeviceMesh made in every test costs its groups once). Every member of a group decides alike,
+  // because every rank makes the same calls in the same order. After a failed test the world is
+  // rebuilt and the cache dropped with it: every cached group is released (NCCL ones aborted),
+  // and the next request makes a new group.
   ProcessGroupPtr new_group(const std::vector<int>& ranks) override;
   // The same with another backend than the world's (e.g. a Gloo group beside an NCCL world, or
   // a test parameterised over backends). ConfigError if it is not compiled in.
@@ -97,7 +106,9 @@ class World final : public Context {
   GroupOptions group_options(const std::string& name, BackendKind backend) const;
   // Picks device_ and, when this world cannot run here, unavailable_ (collective, at start).
   void choose_device();
-  void release_process_groups();
+  // Drops the world group and every cached group; `failed`: abort NCCL groups instead of
+  // shutting them down (a peer may be inside a collective).
+  void release_process_groups(bool failed = true);
   void rebuild_process_groups();
   // Control-plane key prefix of the running test ("t/<iteration>/<suite>/<test>"), or of the
   // running suite's own code between tests (test index -1).
@@ -113,6 +124,8 @@ class World final : public Context {
   detail::Report* report_ = nullptr;      // set by init(); lives as long as the process
   detail::Lifeline* lifeline_ = nullptr;  // the same
   ProcessGroupPtr world_group_;
+  // This rank's groups by (world ranks in group order, backend); see new_group.
+  std::map<std::pair<std::vector<int>, int>, ProcessGroupPtr> group_cache_;
   int generation_ = 0;
   int group_seq_ = 0;
   int iteration_ = 0;

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <thread>
 
@@ -252,39 +253,108 @@ void ControlPlane::wait(const std::vector<std::string>& keys, std::chrono::milli
   }
 }
 
-void ControlPlane::arrive(const std::string& tag, const std::string& value,
-                          std::chrono::milliseconds timeout) {
-  set(tag + "/" + std::to_string(rank_), value);
-  if (add(tag + "/n", 1) == world_size_) set(tag + "/all", "1");
+// One request, without the wait a c10d get does first (a second request): compareSet answers
+// with the key's value, or with `expected` when the key does not exist, and changes nothing
+// unless the value is `expected` (which no control-plane value is).
+std::optional<std::string> ControlPlane::read(const std::string& key) {
+  static const std::vector<std::uint8_t> kAbsent = bytes("\x01" "absent");
+  auto got = store_->compareSet(key, kAbsent, kAbsent);
+  if (got == kAbsent) return std::nullopt;
+  return text(got);
+}
+
+namespace {
+
+// A rank's exchange slot holds "<length of tag>:<tag><value>".
+std::string slot_value(const std::string& tag, const std::string& value) {
+  return std::to_string(tag.size()) + ":" + tag + value;
+}
+
+// The value in a slot when it belongs to `tag`.
+std::optional<std::string> slot_value_for(const std::string& slot, const std::string& tag) {
+  const std::string head = std::to_string(tag.size()) + ":" + tag;
+  if (slot.compare(0, head.size(), head) != 0) return std::nullopt;
+  return slot.substr(head.size());
+}
+
+}  // namespace
+
+bool ControlPlane::posted(const std::string& tag, int rank) {
+  const auto slot = read("x/" + std::to_string(rank));
+  return (slot && slot_value_for(*slot, tag)) || check({tag + "/all"});
+}
+
+std::vector<std::string> ControlPlane::all_gather(const std::string& tag,
+                                                  const std::string& value,
+                                                  std::chrono::milliseconds timeout) {
+  // O(N) store requests in all. Each rank writes its value into its own slot (a set, which
+  // c10d sends without waiting for an answer) and counts itself in (an add); the rank whose add
+  // completes the count reads the N slots and publishes them as one value (N reads); every rank
+  // waits for that and reads it (2). Reading every rank's value from every rank would be N * N
+  // requests to rank 0's single store.
+  //
+  // The store stays the same size over any number of exchanges: each rank's slot is
+  // overwritten by its next exchange (it can only get there once the collector has read it),
+  // and the collector of an exchange deletes the previous exchange's combined value and counter
+  // (every rank read that before it counted itself in here).
+  //
+  // No value in the store is ever empty: c10d's TCPStore answers a read of one about 200 ms
+  // late (in LibTorch 1.13 and 2.x alike).
+  set("x/" + std::to_string(rank_), slot_value(tag, value));
+  if (add(tag + "/n", 1) == world_size_) {
+    std::string combined;
+    for (int r = 0; r < world_size_; ++r) {
+      std::optional<std::string> v = value;
+      if (r != rank_) {
+        const auto slot = read("x/" + std::to_string(r));
+        v = slot ? slot_value_for(*slot, tag) : std::nullopt;
+      }
+      if (!v) {
+        throw Error("control-plane exchange '" + tag + "': rank " + std::to_string(r) +
+                    " counted itself in but its slot holds another exchange (the ranks made "
+                    "different exchanges, or something else writes this store)");
+      }
+      combined += std::to_string(v->size()) + ":" + *v;
+    }
+    set(tag + "/all", combined);
+    if (!last_exchange_.empty()) {
+      store_->deleteKey(last_exchange_ + "/all");
+      store_->deleteKey(last_exchange_ + "/n");
+    }
+  }
   try {
     wait({tag + "/all"}, timeout);
   } catch (const TimeoutError&) {
     std::ostringstream os;
     os << "'" << tag << "': ranks";
     for (int r = 0; r < world_size_; ++r) {
-      if (!check({tag + "/" + std::to_string(r)})) os << ' ' << r;
+      if (!posted(tag, r)) os << ' ' << r;
     }
     os << " did not arrive within " << timeout.count() << " ms";
     throw TimeoutError(os.str());
   }
-}
-
-std::vector<std::string> ControlPlane::all_gather(const std::string& tag,
-                                                  const std::string& value,
-                                                  std::chrono::milliseconds timeout) {
-  // Never an empty value in the store: c10d's TCPStore answers a read of one about 200 ms late
-  // (in LibTorch 1.13 and 2.x alike). Each value travels with a leading '='.
-  arrive(tag, "=" + value, timeout);
-  std::vector<std::string> out(static_cast<std::size_t>(world_size_));
-  for (int r = 0; r < world_size_; ++r) {
-    out[static_cast<std::size_t>(r)] =
-        r == rank_ ? value : text(store_->get(tag + "/" + std::to_string(r))).substr(1);
+  const auto combined = read(tag + "/all");
+  std::vector<std::string> out;
+  out.reserve(static_cast<std::size_t>(world_size_));
+  std::size_t at = 0;
+  while (combined && at < combined->size()) {
+    const std::size_t colon = combined->find(':', at);
+    if (colon == std::string::npos) break;
+    const std::size_t len = std::stoul(combined->substr(at, colon - at));
+    out.push_back(combined->substr(colon + 1, len));
+    at = colon + 1 + len;
   }
+  if (out.size() != static_cast<std::size_t>(world_size_)) {
+    throw Error("control-plane exchange '" + tag + "' came back with " +
+                std::to_string(out.size()) + " values for " + std::to_string(world_size_) +
+                " ranks (something else writes this store)");
+  }
+  last_exchange_ = tag;
   return out;
 }
 
 void ControlPlane::barrier(const std::string& tag, std::chrono::milliseconds timeout) {
-  arrive(tag, "", timeout);
+  all_gather(tag, "", timeout);
 }
 
 bool ControlPlane::leave(const std::string& tag, std::chrono::milliseconds timeout) {

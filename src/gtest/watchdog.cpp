@@ -199,9 +199,7 @@ void Watchdog::on_deadline() {
 
   std::vector<int> stuck;
   std::vector<int> waiting;
-  for (int r = 0; r < size; ++r) {
-    (cp_->check({key + "/res/" + std::to_string(r)}) ? waiting : stuck).push_back(r);
-  }
+  for (int r = 0; r < size; ++r) (cp_->posted(key + "/res", r) ? waiting : stuck).push_back(r);
   std::ostringstream os;
   os << "[  TIMEOUT ] " << name << " did not finish within " << timeout.count() << " ms on "
      << detail::rank_list(stuck) << " of " << size;

@@ -185,10 +185,14 @@ ProcessGroupPtr World::process_group() {
 
 ControlPlane& World::control() { return *control_; }
 
-void World::release_process_groups() { release_process_group(world_group_, true); }
+void World::release_process_groups(bool failed) {
+  release_process_group(world_group_, failed);
+  for (auto& [key, group] : group_cache_) release_process_group(group, failed);
+  group_cache_.clear();
+}
 
 void World::rebuild_process_groups() {
-  release_process_group(world_group_, true);
+  release_process_groups(true);
   if (!unavailable_.empty()) return;
   ++generation_;
   auto store = c10::make_intrusive<c10d::PrefixStore>(
@@ -213,12 +217,24 @@ ProcessGroupPtr World::new_subgroups(const std::vector<std::vector<int>>& groups
     const auto& g = groups[i];
     const auto it = std::find(g.begin(), g.end(), rank());
     if (it == g.end()) continue;
+    ProcessGroupPtr& cached = group_cache_[{g, static_cast<int>(backend)}];
+    if (cached) {
+      mine = cached;
+      continue;
+    }
     auto store = c10::make_intrusive<c10d::PrefixStore>(
         "pg/" + std::to_string(generation_) + "/g" + std::to_string(seq) + "." +
             std::to_string(i),
         control_->store());
-    mine = make_process_group(store, static_cast<int>(it - g.begin()),
-                              static_cast<int>(g.size()), group_options(detail::group_name(g), backend));
+    try {
+      cached = make_process_group(store, static_cast<int>(it - g.begin()),
+                                  static_cast<int>(g.size()),
+                                  group_options(detail::group_name(g), backend));
+    } catch (...) {
+      group_cache_.erase({g, static_cast<int>(backend)});
+      throw;
+    }
+    mine = cached;
   }
   return mine;
 }
@@ -286,7 +302,7 @@ int World::stop(int exit_code) {
     code = std::max(code, kExitRankDied);
   }
   // Without the others, an NCCL shutdown could wait for them: abort instead.
-  release_process_group(world_group_, !together);
+  release_process_groups(!together);
   set_default_context(nullptr);
   lifeline_->close();
   watchdog_.reset();

@@ -61,6 +61,49 @@ TEST_F(EarlyExit, NextTestRunsOnRebuiltGroup) {
   EXPECT_EQ(t[0][0].item<float>(), static_cast<float>(world_size() * (world_size() - 1) / 2));
 }
 
+// Groups are cached across tests; a failed test drops them with the world group.
+class CachedGroups : public c10dtest::DistributedTest {
+ protected:
+  // Only compared while the cache keeps the group alive (no weak reference: an intrusive_ptr's
+  // object, and so its connections, lives until its weak references are gone too).
+  static c10d::ProcessGroup*& first() {
+    static c10d::ProcessGroup* group = nullptr;
+    return group;
+  }
+  static std::int64_t sum_over(const c10dtest::ProcessGroupPtr& g, std::int64_t v) {
+    std::vector<at::Tensor> t{at::full({1}, v, at::kLong)};
+    g->allreduce(t)->wait();
+    return t[0].item<std::int64_t>();
+  }
+};
+
+TEST_F(CachedGroups, FirstUseMakesTheGroup) {
+  const auto g = new_group({0, 1});
+  if (rank() > 1) return;
+  ASSERT_TRUE(g);
+  first() = g.get();
+  EXPECT_EQ(sum_over(g, rank()), 1);
+}
+
+// Rank 1 leaves while rank 0 waits in a collective on the cached group: dropping the cache on
+// rank 1 closes the group's connections, so rank 0 fails at once instead of hanging.
+TEST_F(CachedGroups, AssertOnRankOneWhileRankZeroUsesTheCachedGroup) {
+  const auto g = new_group({0, 1});
+  if (rank() > 1) return;
+  ASSERT_EQ(g.get(), first()) << "the second request did not find the group cached";
+  ASSERT_NE(rank(), 1) << "planted fatal failure";
+  sum_over(g, 1);
+}
+
+// A group kept from before the failure on either member would make this hang or fail: rank 1's
+// new group would wait for rank 0's, or rank 0's old one would find rank 1 gone.
+TEST_F(CachedGroups, NextTestMakesANewGroup) {
+  const auto g = new_group({0, 1});
+  if (rank() > 1) return;
+  ASSERT_TRUE(g);
+  EXPECT_EQ(sum_over(g, 10 + rank()), 21);
+}
+
 class Hang : public c10dtest::DistributedTest {};
 
 // In the anonymous namespace on purpose: the watchdog's stack trace must name it all the same.

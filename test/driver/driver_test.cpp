@@ -193,6 +193,18 @@ TEST_P(ChildSuite, RankLeavingEarlyDoesNotHangItsPeersAndTheNextTestRuns) {
       << o.output;
 }
 
+TEST_P(ChildSuite, AFailedTestDropsTheCachedGroupsAndNobodyWaitsOnThem) {
+  const Outcome o = run_child(4, "--gtest_filter=CachedGroups.* --c10dtest_timeout=120");
+  EXPECT_EQ(o.exit_code, kExitTestsFailed) << o.output;
+  EXPECT_LT(o.seconds, 60) << "rank 0 waited for the watchdog instead of failing fast";
+  EXPECT_NE(o.output.find("[       OK ] CachedGroups.FirstUseMakesTheGroup"), std::string::npos)
+      << o.output;
+  EXPECT_NE(o.output.find("planted fatal failure"), std::string::npos) << o.output;
+  EXPECT_EQ(o.output.find("did not find the group cached"), std::string::npos) << o.output;
+  EXPECT_NE(o.output.find("[       OK ] CachedGroups.NextTestMakesANewGroup"), std::string::npos)
+      << o.output;
+}
+
 TEST_P(ChildSuite, SleepingRankHitsTheWatchdogWithItsStack) {
   const Outcome o = run_child(4, "--gtest_filter=Hang.RankTwoSleepsForever:Passing.* "
                                  "--c10dtest_timeout=3");

@@ -2,6 +2,8 @@
 #include <ATen/ATen.h>
 #include <c10dtest/c10dtest.hpp>
 #include <c10dtest/control_plane.hpp>
+#include <c10dtest/device_mesh.hpp>
+#include <torch/csrc/distributed/c10d/Store.hpp>
 
 #include <set>
 
@@ -67,6 +69,57 @@ TEST_F(WorldBasics, ControlPlaneAllGatherOrdersByRank) {
   for (int r = 0; r < world_size(); ++r) EXPECT_EQ(values[r], "r" + std::to_string(r));
 }
 
+TEST_F(WorldBasics, ControlPlaneValuesOfAnyBytesComeBackIntact) {
+  auto& cp = World::instance().control();
+  // Empty, separator-like and binary values, a different length on every rank.
+  const std::string mine = rank() % 3 == 0 ? std::string()
+                           : rank() % 3 == 1 ? std::string("12:ab:") + std::string(1, '\0')
+                                             : std::string(1000 + rank(), ':');
+  const auto values = cp.all_gather("world_test/bytes", mine, std::chrono::seconds(30));
+  ASSERT_EQ(static_cast<int>(values.size()), world_size());
+  for (int r = 0; r < world_size(); ++r) {
+    const std::string want = r % 3 == 0 ? std::string()
+                             : r % 3 == 1 ? std::string("12:ab:") + std::string(1, '\0')
+                                          : std::string(1000 + r, ':');
+    EXPECT_EQ(values[r], want) << "rank " << r;
+  }
+}
+
+// The store holds no keys of finished exchanges: its size after 200 more exchanges (and a test
+// end's result exchange each) is what it was. Counted between two barriers of the world group,
+// when no rank touches the store.
+class StoreSize : public c10dtest::DistributedTest {
+ protected:
+  static std::int64_t& before() {
+    static std::int64_t n = -1;
+    return n;
+  }
+  std::int64_t keys() {
+    World::instance().all_gather_text("store-size", "x");
+    barrier();
+    const std::int64_t n = World::instance().control().store()->getNumKeys();
+    barrier();
+    return n;
+  }
+};
+
+TEST_F(StoreSize, A_Counted) {
+  before() = keys();
+  EXPECT_GT(before(), 0);
+}
+
+TEST_F(StoreSize, B_ManyExchanges) {
+  for (int i = 0; i < 200; ++i) {
+    const auto v = World::instance().all_gather_text("many", std::to_string(i * world_size() + rank()));
+    ASSERT_EQ(v.back(), std::to_string(i * world_size() + world_size() - 1));
+  }
+}
+
+TEST_F(StoreSize, C_TheSameAgain) {
+  if (before() < 0) GTEST_SKIP() << "StoreSize.A_Counted did not run";
+  EXPECT_EQ(keys(), before());
+}
+
 class Groups : public c10dtest::DistributedTest {};
 
 TEST_F(Groups, NewGroupHoldsOnlyItsMembers) {
@@ -96,6 +149,55 @@ TEST_F(Groups, TwoByTwoMeshRowsAndColumns) {
   std::vector<at::Tensor> c{at::full({1}, rank(), at::kLong)};
   col->allreduce(c)->wait();
   EXPECT_EQ(c[0].item<std::int64_t>(), rank() % 2 == 0 ? 2 : 4);
+}
+
+TEST_F(Groups, TheSameRanksAndBackendGiveTheCachedGroup) {
+  C10DTEST_REQUIRE_WORLD_SIZE(2);
+  const auto a = new_group({0, 1});
+  const auto b = new_group({0, 1});
+  const auto reversed = new_group({1, 0});
+  const auto rows = new_subgroups({{0, 1}});
+  if (rank() > 1) {
+    EXPECT_FALSE(a || b || reversed || rows);
+    return;
+  }
+  EXPECT_EQ(a.get(), b.get());
+  EXPECT_EQ(a.get(), rows.get());
+  EXPECT_NE(a.get(), reversed.get()) << "another rank order is another group";
+  EXPECT_EQ(reversed->getRank(), 1 - rank());
+  // The cached group works like a new one, in both orders.
+  std::vector<at::Tensor> t{at::full({1}, rank() + 1, at::kLong)};
+  b->allreduce(t)->wait();
+  EXPECT_EQ(t[0].item<std::int64_t>(), 3);
+  reversed->allreduce(t)->wait();
+  EXPECT_EQ(t[0].item<std::int64_t>(), 6);
+}
+
+// A mesh made in every test makes its groups once.
+class MeshCache : public c10dtest::DistributedTest {
+ protected:
+  static c10d::ProcessGroup*& first_row() {
+    static c10d::ProcessGroup* g = nullptr;
+    return g;
+  }
+  c10d::ProcessGroup* row() {
+    const auto mesh = c10dtest::DeviceMesh::create({world_size() / 2, 2});
+    return mesh->group(1).get();
+  }
+};
+
+TEST_F(MeshCache, First) {
+  C10DTEST_REQUIRE_WORLD_SIZE(2);
+  if (world_size() % 2 != 0) GTEST_SKIP() << "needs an even world";
+  first_row() = row();
+  ASSERT_NE(first_row(), nullptr);
+}
+
+TEST_F(MeshCache, SecondFindsTheSameGroups) {
+  C10DTEST_REQUIRE_WORLD_SIZE(2);
+  if (world_size() % 2 != 0) GTEST_SKIP() << "needs an even world";
+  if (first_row() == nullptr) GTEST_SKIP() << "MeshCache.First did not run";
+  EXPECT_EQ(row(), first_row());  // still alive: the cache holds it
 }
 
 TEST_F(Groups, BadRanksAreNamed) {
