@@ -22,6 +22,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <sys/resource.h>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -54,6 +55,23 @@ struct Sample {
   long hwm_kib = 0;
 };
 
+// This process's CPU time (user + system, every thread), in ms.
+double cpu_ms() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  auto ms = [](const timeval& t) { return t.tv_sec * 1e3 + t.tv_usec / 1e3; };
+  return ms(u.ru_utime) + ms(u.ru_stime);
+}
+
+// The first trivial test measured: the first ones include the suite's set-up agreement.
+int first_measured() { return std::min(10, kTests / 4); }
+
+// CPU time at the first measured trivial test and at the last, on every rank.
+std::vector<double>& cpu_marks() {
+  static std::vector<double> m;
+  return m;
+}
+
 std::vector<Clock::time_point>& starts(const std::string& phase) {
   static std::vector<Clock::time_point> trivial;
   static std::vector<Clock::time_point> mesh;
@@ -71,6 +89,9 @@ class ScaleTest : public c10dtest::DistributedTest {
 
   void TestBody() override {
     const auto now = Clock::now();
+    if (phase_ == "trivial" && (index_ == first_measured() || index_ == kTests - 1)) {
+      cpu_marks().push_back(cpu_ms());
+    }
     if (rank() != 0) {
       if (phase_ == "mesh") mesh();
       return;
@@ -113,6 +134,12 @@ class ScaleReport : public c10dtest::DistributedTest {
     c10dtest::World& world = c10dtest::World::instance();
     constexpr int kExchanges = 100;
     constexpr int kRequests = 1000;
+    // CPU per test and rank over the measured trivial tests: rank 0 (which also serves the
+    // store) and the mean of the others.
+    const auto& cm = cpu_marks();
+    const int measured = kTests - 1 - first_measured();
+    const double mine = cm.size() == 2 && measured > 0 ? (cm[1] - cm[0]) / measured : -1;
+    const auto cpus = world.all_gather_text("scale-cpu", std::to_string(mine));
     world.all_gather_text("scale-warm", "x");
     auto t = Clock::now();
     for (int i = 0; i < kExchanges; ++i) world.all_gather_text("scale", "x");
@@ -123,12 +150,15 @@ class ScaleReport : public c10dtest::DistributedTest {
     for (int i = 0; i < kRequests; ++i) world.control().add("scale/request", 0);
     const double request_us =
         std::chrono::duration<double, std::micro>(Clock::now() - t).count() / kRequests;
-    std::printf("scale: store ranks %d request_us %.1f exchange_ms %.3f\n", world_size(),
-                request_us, exchange_ms);
+    double others = 0;
+    for (std::size_t r = 1; r < cpus.size(); ++r) others += std::stod(cpus[r]) / (cpus.size() - 1);
+    std::printf("scale: store ranks %d request_us %.1f exchange_ms %.3f cpu_rank0_ms %.3f "
+                "cpu_other_ms %.3f\n",
+                world_size(), request_us, exchange_ms, std::stod(cpus[0]),
+                cpus.size() > 1 ? others : 0.0);
     const auto& tr = starts("trivial");
     const int n = world_size();
-    // Skips the first tests: they include the suite's set-up agreement and warm caches.
-    const std::size_t skip = std::min<std::size_t>(10, tr.size() / 4);
+    const std::size_t skip = static_cast<std::size_t>(first_measured());
     std::printf("scale: ranks %d tests %d per_test_ms %.3f\n", n, kTests,
                 per_test_ms(tr, skip, tr.size() - 1));
     const auto& b = block_ends();

@@ -61,8 +61,12 @@ class ControlPlane {
   // rank to arrive collects and publishes); the store keeps no keys of exchanges every rank is
   // done with (each rank's value sits in one slot key "x/<rank>", overwritten by its next
   // exchange). Every rank must make the same exchanges in the same order.
+  // `usual`: the value most calls give on every rank (a passed test's result); when every rank
+  // gives it, no rank's value is read back (N fewer requests). It must be the same on every rank
+  // (ranks that disagree still get the right values, through the full exchange).
   std::vector<std::string> all_gather(const std::string& tag, const std::string& value,
-                                      std::chrono::milliseconds timeout);
+                                      std::chrono::milliseconds timeout,
+                                      const std::optional<std::string>& usual = std::nullopt);
   void barrier(const std::string& tag, std::chrono::milliseconds timeout);
   // Whether `rank` has posted its value to the exchange `tag` (or the exchange is complete):
   // for a watchdog's report of who is waiting in an exchange and who never came.

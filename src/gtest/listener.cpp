@@ -209,10 +209,15 @@ void DistributedListener::OnTestPartResult(const ::testing::TestPartResult& part
 std::vector<RankResult> DistributedListener::exchange(const std::string& key,
                                                       const RankResult& mine) {
   watchdog_.result_posted();
-  const auto raw = world_.control().all_gather(key + "/res", mine.serialize(), kNoLimit);
+  // The usual result: passed, under the same name, on every rank; the exchange then reads back
+  // no rank's value (and every rank's result is parsed once).
+  RankResult passed;
+  passed.test_name = mine.test_name;
+  const std::string usual = passed.serialize();
+  const auto raw = world_.control().all_gather(key + "/res", mine.serialize(), kNoLimit, usual);
   std::vector<RankResult> results;
   results.reserve(raw.size());
-  for (const auto& r : raw) results.push_back(RankResult::parse(r));
+  for (const auto& r : raw) results.push_back(r == usual ? passed : RankResult::parse(r));
   return results;
 }
 
@@ -410,7 +415,7 @@ void DistributedListener::print_end(const ::testing::TestInfo& info,
 
 void DistributedListener::OnTestIterationEnd(const ::testing::UnitTest& unit, int) {
   world_.report_->add_unit_failure(unit.ad_hoc_test_result());
-  world_.report_->write();
+  world_.report_->write(/*force=*/true);
   world_.report_->begin("c10dtest", "shutdown", "", 0, "shutdown");
   if (!print_) return;
   const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(

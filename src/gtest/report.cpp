@@ -8,7 +8,6 @@
 #include <cstdio>
 #include <cstring>
 #include <ctime>
-#include <sstream>
 
 namespace c10dtest::detail {
 
@@ -187,6 +186,8 @@ std::string Report::escape_attribute(const std::string& s) {
 void Report::start_iteration(std::int64_t timestamp_ms, int random_seed) {
   std::lock_guard<std::mutex> lock(mu_);
   suites_.clear();
+  suite_index_.clear();
+  body_bytes_ = 0;
   start_ms_ = timestamp_ms;
   random_seed_ = random_seed;
 }
@@ -195,12 +196,12 @@ void Report::begin(const std::string& suite, const std::string& name, const std:
                    int line, const std::string& display) {
   std::lock_guard<std::mutex> lock(mu_);
   now_display_ = display;
-  prepare_signal_template();
   now_suite_ = suite;
   now_name_ = name;
   now_file_ = file;
   now_line_ = line;
   now_start_ms_ = now_ms();
+  prepare_signal_template();  // names what begins now
 }
 
 std::string Report::in_progress() const {
@@ -208,17 +209,29 @@ std::string Report::in_progress() const {
   return now_display_;
 }
 
+void Report::Suite::add(const Case& c) {
+  body += c.xml;
+  ++tests;
+  failures += c.failed ? 1 : 0;
+  skipped += c.skipped ? 1 : 0;
+  time_ms += c.time_ms;
+}
+
 Report::Suite& Report::suite_named(const std::string& name) {
-  for (auto& s : suites_) {
-    if (s.name == name) return s;
-  }
-  suites_.push_back({name, now_ms(), {}});
+  const auto found = suite_index_.find(name);
+  if (found != suite_index_.end()) return suites_[found->second];
+  suite_index_.emplace(name, suites_.size());
+  Suite s;
+  s.name = name;
+  s.timestamp_ms = now_ms();
+  suites_.push_back(std::move(s));
   return suites_.back();
 }
 
 void Report::add_case(const std::string& suite, Case c) {
   std::lock_guard<std::mutex> lock(mu_);
-  suite_named(suite).cases.push_back(std::move(c));
+  suite_named(suite).add(c);
+  body_bytes_ += c.xml.size();
 }
 
 void Report::add_test(const ::testing::TestInfo& info) {
@@ -235,7 +248,8 @@ void Report::add_test(const ::testing::TestInfo& info) {
            attr("time", seconds(c.time_ms)) + attr("timestamp", iso8601(result.start_timestamp())) +
            attr("classname", info.test_suite_name()) + close_case(result_body(result, own_tag_));
   std::lock_guard<std::mutex> lock(mu_);
-  suite_named(info.test_suite_name()).cases.push_back(std::move(c));
+  suite_named(info.test_suite_name()).add(c);
+  body_bytes_ += c.xml.size();
   // With the record, under one lock: until the listener begins what comes next, a fault
   // interrupts the suite's own code, never this test a second time (once passed, once failed).
   // The crash handler's copy, prepared at the test's start, already says the test failed.
@@ -270,47 +284,43 @@ void Report::add_unit_failure(const ::testing::TestResult& result) {
 }
 
 std::string Report::render(const std::string& extra_suite, const Case* extra) const {
-  int tests = 0;
-  int failures = 0;
-  std::int64_t total_ms = now_ms() - start_ms_;
-  std::ostringstream body;
-  auto suite_xml = [&](const std::string& name, std::int64_t stamp, std::vector<const Case*> cs) {
-    int f = 0;
-    int s = 0;
-    std::int64_t ms = 0;
-    for (const Case* c : cs) {
-      f += c->failed ? 1 : 0;
-      s += c->skipped ? 1 : 0;
-      ms += c->time_ms;
-    }
-    tests += static_cast<int>(cs.size());
-    failures += f;
-    body << "  <testsuite" << attr("name", name) << attr("tests", std::to_string(cs.size()))
-         << attr("failures", std::to_string(f)) << attr("disabled", "0")
-         << attr("skipped", std::to_string(s)) << attr("errors", "0")
-         << attr("time", seconds(ms)) << attr("timestamp", iso8601(stamp)) << ">\n";
-    for (const Case* c : cs) body << c->xml;
-    body << "  </testsuite>\n";
+  int tests = extra != nullptr ? 1 : 0;
+  int failures = extra != nullptr && extra->failed ? 1 : 0;
+  for (const auto& s : suites_) {
+    tests += s.tests;
+    failures += s.failures;
+  }
+  std::string out;
+  out.reserve(body_bytes_ + 512 * (suites_.size() + 2) + (extra != nullptr ? extra->xml.size() : 0));
+  out += "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites";
+  out += attr("tests", std::to_string(tests)) + attr("failures", std::to_string(failures)) +
+         attr("disabled", "0") + attr("errors", "0") + attr("time", seconds(now_ms() - start_ms_)) +
+         attr("timestamp", iso8601(start_ms_));
+  if (GTEST_FLAG_GET(shuffle)) out += attr("random_seed", std::to_string(random_seed_));
+  out += attr("name", "AllTests") + ">\n";
+  auto suite_xml = [&](const std::string& name, std::int64_t stamp, const Suite* s,
+                       const Case* c) {
+    const int n = (s != nullptr ? s->tests : 0) + (c != nullptr ? 1 : 0);
+    const int f = (s != nullptr ? s->failures : 0) + (c != nullptr && c->failed ? 1 : 0);
+    const int k = (s != nullptr ? s->skipped : 0) + (c != nullptr && c->skipped ? 1 : 0);
+    const std::int64_t ms = (s != nullptr ? s->time_ms : 0) + (c != nullptr ? c->time_ms : 0);
+    out += "  <testsuite" + attr("name", name) + attr("tests", std::to_string(n)) +
+           attr("failures", std::to_string(f)) + attr("disabled", "0") +
+           attr("skipped", std::to_string(k)) + attr("errors", "0") + attr("time", seconds(ms)) +
+           attr("timestamp", iso8601(stamp)) + ">\n";
+    if (s != nullptr) out += s->body;
+    if (c != nullptr) out += c->xml;
+    out += "  </testsuite>\n";
   };
   bool extra_done = extra == nullptr;
   for (const auto& s : suites_) {
-    std::vector<const Case*> cs;
-    for (const auto& c : s.cases) cs.push_back(&c);
-    if (!extra_done && s.name == extra_suite) {
-      cs.push_back(extra);
-      extra_done = true;
-    }
-    suite_xml(s.name, s.timestamp_ms, cs);
+    const bool here = !extra_done && s.name == extra_suite;
+    suite_xml(s.name, s.timestamp_ms, &s, here ? extra : nullptr);
+    extra_done = extra_done || here;
   }
-  if (!extra_done) suite_xml(extra_suite, now_start_ms_, {extra});
-  std::ostringstream out;
-  out << "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites"
-      << attr("tests", std::to_string(tests)) << attr("failures", std::to_string(failures))
-      << attr("disabled", "0") << attr("errors", "0") << attr("time", seconds(total_ms))
-      << attr("timestamp", iso8601(start_ms_));
-  if (GTEST_FLAG_GET(shuffle)) out << attr("random_seed", std::to_string(random_seed_));
-  out << attr("name", "AllTests") << ">\n" << body.str() << "</testsuites>\n";
-  return out.str();
+  if (!extra_done) suite_xml(extra_suite, now_start_ms_, nullptr, extra);
+  out += "</testsuites>\n";
+  return out;
 }
 
 void Report::write_locked(const std::string& text) {
@@ -333,11 +343,18 @@ void Report::write_locked(const std::string& text) {
   }
 }
 
-void Report::write() {
+void Report::write(bool force) {
   if (!enabled() || !writer_) return;
   std::lock_guard<std::mutex> lock(mu_);
   if (sealed_) return;
+  const auto start = std::chrono::steady_clock::now();
+  if (!force && last_write_cost_ >= std::chrono::milliseconds(1) &&
+      start - last_write_end_ < 20 * last_write_cost_) {
+    return;
+  }
   write_locked(render("", nullptr));
+  last_write_end_ = std::chrono::steady_clock::now();
+  last_write_cost_ = last_write_end_ - start;
 }
 
 Report::Case Report::fault_case(const std::string& cause) const {

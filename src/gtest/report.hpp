@@ -14,8 +14,10 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <deque>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -52,8 +54,12 @@ class Report {
   void add_suite_failure(const ::testing::TestSuite& suite);
   // Failures outside any suite (a global Environment), as gtest reports them.
   void add_unit_failure(const ::testing::TestResult& result);
-  // Rewrites the file (the writer only). Errors are printed once, never thrown.
-  void write();
+  // Rewrites the file (the writer only). Errors are printed once, never thrown. Unless
+  // `force`d, a rewrite is skipped while the last one took 1 ms or more and ended less than 20
+  // times its duration ago (rewriting is O(report) and would otherwise cost a suite of thousands
+  // of tests more than its tests: at most about 5% of the run goes to it); the next write, a
+  // forced one at the end, and every fault report include all the skipped writes held.
+  void write(bool force = false);
 
   // Completes the file for a run that ends now: the work in progress fails with `cause`.
   // Writes whatever this process is (the caller decides who reports); later writes are ignored.
@@ -78,10 +84,17 @@ class Report {
     bool skipped = false;
     std::int64_t time_ms = 0;
   };
+  // A suite's cases, rendered once as they are added: a rewrite copies bytes, it renders no
+  // test again.
   struct Suite {
     std::string name;
     std::int64_t timestamp_ms = 0;
-    std::vector<Case> cases;
+    std::string body;  // the <testcase> elements
+    int tests = 0;
+    int failures = 0;
+    int skipped = 0;
+    std::int64_t time_ms = 0;
+    void add(const Case& c);
   };
   Suite& suite_named(const std::string& name);
   void add_case(const std::string& suite, Case c);
@@ -110,6 +123,10 @@ class Report {
   std::string own_tag_;
   mutable std::mutex mu_;
   std::vector<Suite> suites_;
+  std::map<std::string, std::size_t> suite_index_;  // name -> index in suites_
+  std::size_t body_bytes_ = 0;                      // all suites' bodies together
+  std::chrono::steady_clock::time_point last_write_end_{};
+  std::chrono::steady_clock::duration last_write_cost_{};
   std::int64_t start_ms_ = 0;
   int random_seed_ = 0;
   std::atomic<bool> sealed_{false};  // a fault's report is written: nothing may overwrite it

@@ -3,11 +3,13 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <thread>
 
 #include "gtest/lifeline.hpp"
 #include "gtest/report.hpp"
@@ -110,6 +112,44 @@ TEST_F(ReportFile, ThisTestIsRecordedWithItsTaggedFailureAndProperty) {
   EXPECT_NE(xml.find("classname=\"ReportFile\""), std::string::npos) << xml;
   EXPECT_NE(xml.find("<property name=\"answer\" value=\"42\"/>"), std::string::npos) << xml;
   EXPECT_EQ(count(xml, "<failure"), 0) << xml;
+}
+
+// The copy the crash handler writes from names what began last, even as the first activity.
+TEST_F(ReportFile, TheCrashHandlersCopyNamesWhatBeganLast) {
+  Report report((dir_ / "r.xml").string(), true, 0, 1);
+  report.begin("Suite", "Crashes", "a.cpp", 7, "Suite.Crashes");
+  Report::write_fault_from_signal_handler("SIGSEGV (segmentation fault) in test Suite.Crashes");
+  const std::string xml = read(dir_ / "r.xml");
+  EXPECT_NE(xml.find("<testcase name=\"Crashes\" file=\"a.cpp\" line=\"7\""), std::string::npos)
+      << xml;
+  EXPECT_EQ(xml.find("start-up"), std::string::npos) << xml;
+  EXPECT_NE(xml.find("SIGSEGV (segmentation fault) in test Suite.Crashes"), std::string::npos)
+      << xml;
+}
+
+// A rewrite of a large report is skipped right after the last one (it would cost more than the
+// tests); a forced one, and every later one once enough time has passed, holds every test.
+TEST_F(ReportFile, RewritesOfALargeReportAreSpacedOutAndLoseNothing) {
+  Report report((dir_ / "r.xml").string(), true, 0, 4);
+  const ::testing::TestInfo& info = *::testing::UnitTest::GetInstance()->current_test_info();
+  for (int i = 0; i < 20000; ++i) report.add_test(info);
+  const auto start = std::chrono::steady_clock::now();
+  report.write();
+  const auto cost = std::chrono::steady_clock::now() - start;
+  EXPECT_EQ(count(read(dir_ / "r.xml"), "<testcase "), 20000);
+  if (cost < std::chrono::milliseconds(2)) GTEST_SKIP() << "a 20,000-test rewrite took < 2 ms";
+  report.add_test(info);
+  report.write();
+  EXPECT_EQ(count(read(dir_ / "r.xml"), "<testcase "), 20000) << "rewritten at once";
+  report.add_test(info);
+  const auto forced = std::chrono::steady_clock::now();
+  report.write(/*force=*/true);
+  const auto forced_cost = std::chrono::steady_clock::now() - forced;
+  EXPECT_EQ(count(read(dir_ / "r.xml"), "<testcase "), 20002);
+  std::this_thread::sleep_for(30 * forced_cost);
+  report.add_test(info);
+  report.write();
+  EXPECT_EQ(count(read(dir_ / "r.xml"), "<testcase "), 20003) << "not rewritten once due";
 }
 
 TEST(ReportPath, FollowsGtestsOutputFlag) {
