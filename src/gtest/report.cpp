@@ -36,9 +36,7 @@ std::atomic<const void*> g_template{nullptr};  // a Report::Template, for the si
 std::atomic<bool>* g_sealed = nullptr;
 constexpr const char* kCauseMark = "@@c10dtest-cause@@";
 
-void write_str(int fd, const std::string& s) {
-  const char* p = s.data();
-  std::size_t n = s.size();
+void write_bytes(int fd, const char* p, std::size_t n) {
   while (n > 0) {
     const ssize_t w = ::write(fd, p, n);
     if (w < 0 && errno == EINTR) continue;
@@ -185,6 +183,9 @@ std::string Report::escape_attribute(const std::string& s) {
 
 void Report::start_iteration(std::int64_t timestamp_ms, int random_seed) {
   std::lock_guard<std::mutex> lock(mu_);
+  // A template prepared for the last iteration may still be in a signal handler's hands.
+  retired_.push_back(std::move(suites_));
+  while (retired_.size() > 2) retired_.pop_front();
   suites_.clear();
   suite_index_.clear();
   body_bytes_ = 0;
@@ -209,8 +210,13 @@ std::string Report::in_progress() const {
   return now_display_;
 }
 
+void Report::Pieces::add_own(std::string text) {
+  own.push_back(std::move(text));
+  parts.emplace_back(own.back().data(), own.back().size());
+}
+
 void Report::Suite::add(const Case& c) {
-  body += c.xml;
+  cases.push_back(c.xml);
   ++tests;
   failures += c.failed ? 1 : 0;
   skipped += c.skipped ? 1 : 0;
@@ -283,34 +289,39 @@ void Report::add_unit_failure(const ::testing::TestResult& result) {
   add_case("NonTestSuiteFailure", std::move(c));
 }
 
-std::string Report::render(const std::string& extra_suite, const Case* extra) const {
+void Report::layout(const std::string& extra_suite, const Case* extra,
+                    const std::vector<std::string>& extra_parts, Pieces& out) const {
   int tests = extra != nullptr ? 1 : 0;
   int failures = extra != nullptr && extra->failed ? 1 : 0;
   for (const auto& s : suites_) {
     tests += s.tests;
     failures += s.failures;
   }
-  std::string out;
-  out.reserve(body_bytes_ + 512 * (suites_.size() + 2) + (extra != nullptr ? extra->xml.size() : 0));
-  out += "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites";
-  out += attr("tests", std::to_string(tests)) + attr("failures", std::to_string(failures)) +
-         attr("disabled", "0") + attr("errors", "0") + attr("time", seconds(now_ms() - start_ms_)) +
-         attr("timestamp", iso8601(start_ms_));
-  if (GTEST_FLAG_GET(shuffle)) out += attr("random_seed", std::to_string(random_seed_));
-  out += attr("name", "AllTests") + ">\n";
+  std::string head = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites";
+  head += attr("tests", std::to_string(tests)) + attr("failures", std::to_string(failures)) +
+          attr("disabled", "0") + attr("errors", "0") +
+          attr("time", seconds(now_ms() - start_ms_)) + attr("timestamp", iso8601(start_ms_));
+  if (GTEST_FLAG_GET(shuffle)) head += attr("random_seed", std::to_string(random_seed_));
+  head += attr("name", "AllTests") + ">\n";
+  out.add_own(std::move(head));
   auto suite_xml = [&](const std::string& name, std::int64_t stamp, const Suite* s,
                        const Case* c) {
     const int n = (s != nullptr ? s->tests : 0) + (c != nullptr ? 1 : 0);
     const int f = (s != nullptr ? s->failures : 0) + (c != nullptr && c->failed ? 1 : 0);
     const int k = (s != nullptr ? s->skipped : 0) + (c != nullptr && c->skipped ? 1 : 0);
     const std::int64_t ms = (s != nullptr ? s->time_ms : 0) + (c != nullptr ? c->time_ms : 0);
-    out += "  <testsuite" + attr("name", name) + attr("tests", std::to_string(n)) +
-           attr("failures", std::to_string(f)) + attr("disabled", "0") +
-           attr("skipped", std::to_string(k)) + attr("errors", "0") + attr("time", seconds(ms)) +
-           attr("timestamp", iso8601(stamp)) + ">\n";
-    if (s != nullptr) out += s->body;
-    if (c != nullptr) out += c->xml;
-    out += "  </testsuite>\n";
+    out.add_own("  <testsuite" + attr("name", name) + attr("tests", std::to_string(n)) +
+                attr("failures", std::to_string(f)) + attr("disabled", "0") +
+                attr("skipped", std::to_string(k)) + attr("errors", "0") +
+                attr("time", seconds(ms)) + attr("timestamp", iso8601(stamp)) + ">\n");
+    if (s != nullptr) {
+      for (const auto& x : s->cases) out.add_ref(x);
+    }
+    if (c != nullptr) {
+      out.extra_at = out.parts.size();
+      for (const auto& x : extra_parts) out.add_own(x);
+    }
+    out.add_own("  </testsuite>\n");
   };
   bool extra_done = extra == nullptr;
   for (const auto& s : suites_) {
@@ -319,7 +330,16 @@ std::string Report::render(const std::string& extra_suite, const Case* extra) co
     extra_done = extra_done || here;
   }
   if (!extra_done) suite_xml(extra_suite, now_start_ms_, nullptr, extra);
-  out += "</testsuites>\n";
+  out.add_own("</testsuites>\n");
+}
+
+std::string Report::render(const std::string& extra_suite, const Case* extra) const {
+  Pieces p;
+  layout(extra_suite, extra,
+         extra != nullptr ? std::vector<std::string>{extra->xml} : std::vector<std::string>{}, p);
+  std::string out;
+  out.reserve(body_bytes_ + 512 * (suites_.size() + 2) + (extra != nullptr ? extra->xml.size() : 0));
+  for (const auto& [data, size] : p.parts) out.append(data, size);
   return out;
 }
 
@@ -390,26 +410,23 @@ void Report::write_provisional_fault(const std::string& cause) {
 }
 
 void Report::prepare_signal_template() {
-  if (!writer_ || !enabled() || template_off_) return;
+  if (!writer_ || !enabled()) return;
+  // The fault case in three pieces around the two places its cause goes. The document points
+  // at the finished cases' texts instead of copying them, so this costs a pointer per test.
   const Case c = fault_case(kCauseMark);
-  const std::string text = render(now_suite_, &c);
-  if (text.size() > kTemplateLimit) {
-    // Rendering it at every test start would cost more than it is worth: from here on a crash
-    // of this rank is reported by the survivors only (at world size 1: not at all).
-    template_off_ = true;
-    g_template.store(nullptr);
-    return;
-  }
   const std::string mark = kCauseMark;
-  const auto first = text.find(mark);
-  const auto second = text.find(mark, first + mark.size());
+  const auto first = c.xml.find(mark);
+  const auto second = c.xml.find(mark, first + mark.size());
   if (first == std::string::npos || second == std::string::npos) return;
+  const std::vector<std::string> pieces = {
+      c.xml.substr(0, first), c.xml.substr(first + mark.size(), second - first - mark.size()),
+      c.xml.substr(second + mark.size())};
   auto t = std::make_unique<Template>();
   t->path = path_;
   t->tmp = path_ + ".tmp." + std::to_string(getpid()) + ".signal";
-  t->head = text.substr(0, first);
-  t->mid = text.substr(first + mark.size(), second - first - mark.size());
-  t->tail = text.substr(second + mark.size());
+  layout(now_suite_, &c, pieces, t->pieces);
+  t->attribute_at = t->pieces.extra_at + 1;
+  t->cdata_at = t->pieces.extra_at + 2;
   g_template.store(t.get());
   templates_.push_back(std::move(t));
   // A handler on another thread may still read the one before: keep two.
@@ -421,11 +438,12 @@ void Report::write_fault_from_signal_handler(const char* cause) {
   if (t == nullptr || g_sealed == nullptr || g_sealed->exchange(true)) return;
   const int fd = ::open(t->tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return;
-  write_str(fd, t->head);
-  write_escaped(fd, cause, true);
-  write_str(fd, t->mid);
-  write_escaped(fd, cause, false);
-  write_str(fd, t->tail);
+  const auto& parts = t->pieces.parts;
+  for (std::size_t i = 0; i < parts.size(); ++i) {
+    if (i == t->attribute_at) write_escaped(fd, cause, true);
+    if (i == t->cdata_at) write_escaped(fd, cause, false);
+    write_bytes(fd, parts[i].first, parts[i].second);
+  }
   if (::close(fd) == 0) ::rename(t->tmp.c_str(), t->path.c_str());
 }
 

@@ -21,6 +21,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace c10dtest::detail {
@@ -85,21 +86,34 @@ class Report {
     std::int64_t time_ms = 0;
   };
   // A suite's cases, rendered once as they are added: a rewrite copies bytes, it renders no
-  // test again.
+  // test again. A case's text never moves once added (a deque), so the crash handler's copy
+  // can point at it instead of copying it.
   struct Suite {
     std::string name;
     std::int64_t timestamp_ms = 0;
-    std::string body;  // the <testcase> elements
+    std::deque<std::string> cases;  // the <testcase> elements
     int tests = 0;
     int failures = 0;
     int skipped = 0;
     std::int64_t time_ms = 0;
     void add(const Case& c);
   };
+  // The document as a sequence of pieces: the headers it makes, and the case texts it points at.
+  struct Pieces {
+    std::deque<std::string> own;  // never moves an element: parts may point into them
+    std::vector<std::pair<const char*, std::size_t>> parts;
+    std::size_t extra_at = 0;  // the index of the extra case's first part
+    void add_own(std::string text);
+    void add_ref(const std::string& text) { parts.emplace_back(text.data(), text.size()); }
+  };
   Suite& suite_named(const std::string& name);
   void add_case(const std::string& suite, Case c);
   // The whole document; `extra` (a fault's test case) is added to suite `extra_suite`.
   std::string render(const std::string& extra_suite, const Case* extra) const;
+  // The same, as pieces appended to `out` (filled in place: its parts point into its own
+  // strings); `extra_parts` (the fault case, in several pieces) stands for `extra`.
+  void layout(const std::string& extra_suite, const Case* extra,
+              const std::vector<std::string>& extra_parts, Pieces& out) const;
   void write_locked(const std::string& text);
   // The fault case for the work in progress (its message is "c10dtest: the run ended here\n" +
   // cause).
@@ -110,13 +124,13 @@ class Report {
   struct Template {
     std::string path;
     std::string tmp;
-    std::string head;  // ... message="c10dtest: the run ended here&#x0A;
-    std::string mid;   // " type=""><![CDATA[c10dtest: the run ended here\n
-    std::string tail;  // ]]></failure> ... </testsuites>
+    Pieces pieces;               // the document without the cause
+    std::size_t attribute_at = 0;  // the part before which the cause goes, escaped (message=)
+    std::size_t cdata_at = 0;      // the part before which it goes again, in the CDATA
   };
   std::deque<std::unique_ptr<Template>> templates_;  // the newest is published
-  static constexpr std::size_t kTemplateLimit = 1 << 20;
-  bool template_off_ = false;
+  // The suites of earlier --gtest_repeat iterations that a kept template may still point into.
+  std::deque<std::vector<Suite>> retired_;
 
   std::string path_;
   bool writer_;
@@ -124,7 +138,7 @@ class Report {
   mutable std::mutex mu_;
   std::vector<Suite> suites_;
   std::map<std::string, std::size_t> suite_index_;  // name -> index in suites_
-  std::size_t body_bytes_ = 0;                      // all suites' bodies together
+  std::size_t body_bytes_ = 0;                      // all cases' texts together
   std::chrono::steady_clock::time_point last_write_end_{};
   std::chrono::steady_clock::duration last_write_cost_{};
   std::int64_t start_ms_ = 0;

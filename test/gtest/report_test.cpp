@@ -115,11 +115,30 @@ TEST_F(ReportFile, ThisTestIsRecordedWithItsTaggedFailureAndProperty) {
 }
 
 // The copy the crash handler writes from names what began last, even as the first activity.
+// It holds the finished tests too (it points at their texts), like a fault report written
+// normally.
 TEST_F(ReportFile, TheCrashHandlersCopyNamesWhatBeganLast) {
   Report report((dir_ / "r.xml").string(), true, 0, 1);
   report.begin("Suite", "Crashes", "a.cpp", 7, "Suite.Crashes");
   Report::write_fault_from_signal_handler("SIGSEGV (segmentation fault) in test Suite.Crashes");
-  const std::string xml = read(dir_ / "r.xml");
+  std::string xml = read(dir_ / "r.xml");
+  EXPECT_NE(xml.find("<testcase name=\"Crashes\" file=\"a.cpp\" line=\"7\""), std::string::npos)
+      << xml;
+  EXPECT_EQ(xml.find("start-up"), std::string::npos) << xml;
+
+  Report again((dir_ / "r2.xml").string(), true, 0, 1);
+  const ::testing::TestInfo& info = *::testing::UnitTest::GetInstance()->current_test_info();
+  for (int i = 0; i < 3; ++i) again.add_test(info);
+  again.begin("Suite", "Crashes", "a.cpp", 7, "Suite.Crashes");
+  Report::write_fault_from_signal_handler("SIGSEGV (segmentation fault) in test Suite.Crashes");
+  xml = read(dir_ / "r2.xml");
+  EXPECT_EQ(count(xml, "<testcase "), 4) << xml;
+  EXPECT_NE(xml.find("<testsuites tests=\"4\" failures=\"1\""), std::string::npos) << xml;
+  EXPECT_NE(xml.find("<testsuite name=\"ReportFile\" tests=\"3\" failures=\"0\""),
+            std::string::npos)
+      << xml;
+  EXPECT_EQ(count(xml, "SIGSEGV (segmentation fault) in test Suite.Crashes"), 2) << xml;
+  EXPECT_NE(xml.rfind("</testsuites>\n"), std::string::npos) << xml;
   EXPECT_NE(xml.find("<testcase name=\"Crashes\" file=\"a.cpp\" line=\"7\""), std::string::npos)
       << xml;
   EXPECT_EQ(xml.find("start-up"), std::string::npos) << xml;
