@@ -22,6 +22,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <malloc.h>
 #include <sys/resource.h>
 #include <sstream>
 #include <string>
@@ -53,6 +54,7 @@ struct Sample {
   Clock::time_point at;
   long rss_kib = 0;
   long hwm_kib = 0;
+  long heap_kib = 0;  // allocated by malloc and not freed
 };
 
 // This process's CPU time (user + system, every thread), in ms.
@@ -98,7 +100,8 @@ class ScaleTest : public c10dtest::DistributedTest {
     }
     starts(phase_).push_back(now);
     if (phase_ == "trivial" && (index_ % kBlock == 0 || index_ == kTests - 1)) {
-      block_ends().push_back({now, status_kib("VmRSS"), status_kib("VmHWM")});
+      block_ends().push_back({now, status_kib("VmRSS"), status_kib("VmHWM"),
+                              static_cast<long>(mallinfo2().uordblks / 1024)});
     }
     if (phase_ == "mesh") mesh();
   }
@@ -166,9 +169,10 @@ class ScaleReport : public c10dtest::DistributedTest {
       const double ms = std::chrono::duration<double, std::milli>(b[i + 1].at - b[i].at).count();
       const long done = std::min<long>(static_cast<long>(i + 1) * kBlock, kTests);
       const long count = done - static_cast<long>(i) * kBlock - (done == kTests ? 1 : 0);
-      std::printf("scale: block ranks %d tests_done %ld per_test_ms %.3f rss_kib %ld hwm_kib %ld\n",
+      std::printf("scale: block ranks %d tests_done %ld per_test_ms %.3f rss_kib %ld hwm_kib %ld "
+                  "heap_kib %ld\n",
                   n, done, count > 0 ? ms / static_cast<double>(count) : -1.0, b[i + 1].rss_kib,
-                  b[i + 1].hwm_kib);
+                  b[i + 1].hwm_kib, b[i + 1].heap_kib);
     }
     const auto& me = starts("mesh");
     const auto& em = starts("empty");

@@ -235,6 +235,7 @@ Report::Suite& Report::suite_named(const std::string& name) {
 }
 
 void Report::add_case(const std::string& suite, Case c) {
+  if (!enabled()) return;  // no report asked for: nothing to keep (a case per test adds up)
   std::lock_guard<std::mutex> lock(mu_);
   suite_named(suite).add(c);
   body_bytes_ += c.xml.size();
@@ -242,6 +243,12 @@ void Report::add_case(const std::string& suite, Case c) {
 
 void Report::add_test(const ::testing::TestInfo& info) {
   const ::testing::TestResult& result = *info.result();
+  if (!enabled()) {
+    // No report asked for: only what runs now, for messages (a case per test adds up).
+    std::lock_guard<std::mutex> lock(mu_);
+    suite_code_runs_locked(info.test_suite_name());
+    return;
+  }
   Case c;
   c.failed = result.Failed();
   c.skipped = !c.failed && result.Skipped();
@@ -259,7 +266,11 @@ void Report::add_test(const ::testing::TestInfo& info) {
   // With the record, under one lock: until the listener begins what comes next, a fault
   // interrupts the suite's own code, never this test a second time (once passed, once failed).
   // The crash handler's copy, prepared at the test's start, already says the test failed.
-  now_suite_ = info.test_suite_name();
+  suite_code_runs_locked(info.test_suite_name());
+}
+
+void Report::suite_code_runs_locked(const std::string& suite) {
+  now_suite_ = suite;
   now_name_ = "SetUpTestSuite or TearDownTestSuite";
   now_file_.clear();
   now_line_ = 0;

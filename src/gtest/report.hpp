@@ -107,6 +107,8 @@ class Report {
     void add_ref(const std::string& text) { parts.emplace_back(text.data(), text.size()); }
   };
   Suite& suite_named(const std::string& name);
+  // After a test: what runs now is `suite`'s own code (under mu_).
+  void suite_code_runs_locked(const std::string& suite);
   void add_case(const std::string& suite, Case c);
   // The whole document; `extra` (a fault's test case) is added to suite `extra_suite`.
   std::string render(const std::string& extra_suite, const Case* extra) const;
