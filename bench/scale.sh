@@ -88,8 +88,8 @@ if [ "$long" -gt 0 ]; then
     else
       echo "the same with --gtest_output=xml (the report is rewritten as tests finish):"
     fi
-    printf '%12s %14s %12s %12s\n' "tests done" "per test ms" "RSS MiB" "peak MiB"
-    awk '$2 == "block" {printf "%12s %14s %12.1f %12.1f\n", $6, $8, $10 / 1024, $12 / 1024}' "$out/$name"
+    printf '%12s %14s %12s %12s %12s\n' "tests done" "per test ms" "RSS MiB" "peak MiB" "heap MiB"
+    awk '$2 == "block" {printf "%12s %14s %12.1f %12.1f %12.1f\n", $6, $8, $10 / 1024, $12 / 1024, $14 / 1024}' "$out/$name"
     awk '$2 == "block" {n++; t[n] = $8; r[n] = $10}
          END {if (n > 1) printf "last block / first block: time %.2f, RSS %.3f\n", t[n] / t[1], r[n] / r[1]}' "$out/$name"
   done
