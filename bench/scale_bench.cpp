@@ -74,11 +74,13 @@ std::vector<double>& cpu_marks() {
   return m;
 }
 
-std::vector<Clock::time_point>& starts(const std::string& phase) {
+enum class Phase { kTrivial, kMesh, kEmpty };
+
+std::vector<Clock::time_point>& starts(Phase phase) {
   static std::vector<Clock::time_point> trivial;
   static std::vector<Clock::time_point> mesh;
   static std::vector<Clock::time_point> empty;
-  return phase == "trivial" ? trivial : phase == "mesh" ? mesh : empty;
+  return phase == Phase::kTrivial ? trivial : phase == Phase::kMesh ? mesh : empty;
 }
 std::vector<Sample>& block_ends() {
   static std::vector<Sample> s;
@@ -87,23 +89,23 @@ std::vector<Sample>& block_ends() {
 
 class ScaleTest : public c10dtest::DistributedTest {
  public:
-  ScaleTest(std::string phase, int index) : phase_(std::move(phase)), index_(index) {}
+  ScaleTest(Phase phase, int index) : phase_(phase), index_(index) {}
 
   void TestBody() override {
     const auto now = Clock::now();
-    if (phase_ == "trivial" && (index_ == first_measured() || index_ == kTests - 1)) {
+    if (phase_ == Phase::kTrivial && (index_ == first_measured() || index_ == kTests - 1)) {
       cpu_marks().push_back(cpu_ms());
     }
     if (rank() != 0) {
-      if (phase_ == "mesh") mesh();
+      if (phase_ == Phase::kMesh) mesh();
       return;
     }
     starts(phase_).push_back(now);
-    if (phase_ == "trivial" && (index_ % kBlock == 0 || index_ == kTests - 1)) {
+    if (phase_ == Phase::kTrivial && (index_ % kBlock == 0 || index_ == kTests - 1)) {
       block_ends().push_back({now, status_kib("VmRSS"), status_kib("VmHWM"),
                               static_cast<long>(mallinfo2().uordblks / 1024)});
     }
-    if (phase_ == "mesh") mesh();
+    if (phase_ == Phase::kMesh) mesh();
   }
 
  private:
@@ -119,7 +121,7 @@ class ScaleTest : public c10dtest::DistributedTest {
     return r;
   }
 
-  std::string phase_;
+  Phase phase_;
   int index_;
 };
 
@@ -159,7 +161,7 @@ class ScaleReport : public c10dtest::DistributedTest {
                 "cpu_other_ms %.3f\n",
                 world_size(), request_us, exchange_ms, std::stod(cpus[0]),
                 cpus.size() > 1 ? others : 0.0);
-    const auto& tr = starts("trivial");
+    const auto& tr = starts(Phase::kTrivial);
     const int n = world_size();
     const std::size_t skip = static_cast<std::size_t>(first_measured());
     std::printf("scale: ranks %d tests %d per_test_ms %.3f\n", n, kTests,
@@ -174,8 +176,8 @@ class ScaleReport : public c10dtest::DistributedTest {
                   n, done, count > 0 ? ms / static_cast<double>(count) : -1.0, b[i + 1].rss_kib,
                   b[i + 1].hwm_kib, b[i + 1].heap_kib);
     }
-    const auto& me = starts("mesh");
-    const auto& em = starts("empty");
+    const auto& me = starts(Phase::kMesh);
+    const auto& em = starts(Phase::kEmpty);
     if (!me.empty() && em.size() > 1) {
       // The first mesh test creates the groups; the others find them cached.
       const double first = per_test_ms(me, 0, 1);
@@ -191,15 +193,15 @@ class ScaleReport : public c10dtest::DistributedTest {
 
 // Registered before main(): RegisterTest needs no argv, and every rank sees the same environment.
 [[maybe_unused]] const bool kRegistered = [] {
-  auto add = [](const char* suite, const std::string& name, const std::string& phase, int i) {
+  auto add = [](const char* suite, const std::string& name, Phase phase, int i) {
     ::testing::RegisterTest(suite, name.c_str(), nullptr, nullptr, __FILE__, __LINE__,
                             [phase, i]() -> c10dtest::DistributedTest* {
                               return new ScaleTest(phase, i);
                             });
   };
-  for (int i = 0; i < kTests; ++i) add("ScaleTrivial", "T" + std::to_string(i), "trivial", i);
-  for (int i = 0; i < kMesh; ++i) add("ScaleMesh", "M" + std::to_string(i), "mesh", i);
-  for (int i = 0; i < kMesh; ++i) add("ScaleMesh", "E" + std::to_string(i), "empty", i);
+  for (int i = 0; i < kTests; ++i) add("ScaleTrivial", "T" + std::to_string(i), Phase::kTrivial, i);
+  for (int i = 0; i < kMesh; ++i) add("ScaleMesh", "M" + std::to_string(i), Phase::kMesh, i);
+  for (int i = 0; i < kMesh; ++i) add("ScaleMesh", "E" + std::to_string(i), Phase::kEmpty, i);
   ::testing::RegisterTest("ScaleReport", "Print", nullptr, nullptr, __FILE__, __LINE__,
                           []() -> c10dtest::DistributedTest* { return new ScaleReport; });
   return true;
