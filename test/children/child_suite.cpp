@@ -107,7 +107,8 @@ TEST_F(CachedGroups, NextTestMakesANewGroup) {
 class Hang : public c10dtest::DistributedTest {};
 
 // In the anonymous namespace on purpose: the watchdog's stack trace must name it all the same.
-void sleep_forever_in_rank_two() {
+// Never inlined, or a Release build's trace could not show it (no frame of its own).
+__attribute__((noinline)) void sleep_forever_in_rank_two() {
   for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
 }
 
