@@ -26,9 +26,17 @@ case $mode in
   fetchcontent)
     # The files of this tree as they are now (tracked and new, not ignored), committed to a
     # repository of their own: what a user's FetchContent would clone.
+    # A source tarball or `git archive` export has no .git: then every file of the tree is taken,
+    # except version-control data and build trees (build*, and BUILD_DIR when it is inside).
     mkdir "$work/repo"
-    git -C "$src" ls-files -z --cached --others --exclude-standard |
-      tar -C "$src" --null -T - --ignore-failed-read -cf - 2>/dev/null | tar -C "$work/repo" -xf -
+    if git -C "$src" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+      git -C "$src" ls-files -z --cached --others --exclude-standard |
+        tar -C "$src" --null -T - --ignore-failed-read -cf - 2>/dev/null | tar -C "$work/repo" -xf -
+    else
+      excludes=(--exclude-vcs --exclude='./build*')
+      case $build/ in "$src"/*) excludes+=(--exclude="./${build#"$src"/}") ;; esac
+      tar -C "$src" "${excludes[@]}" -cf - . | tar -C "$work/repo" -xf -
+    fi
     git -C "$work/repo" init -q
     git -C "$work/repo" add -A
     git -C "$work/repo" -c user.name=c10dtest -c user.email=c10dtest@localhost \
