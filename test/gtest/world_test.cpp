@@ -5,7 +5,9 @@
 #include <c10dtest/device_mesh.hpp>
 #include <torch/csrc/distributed/c10d/Store.hpp>
 
+#include <chrono>
 #include <set>
+#include <thread>
 
 namespace {
 
@@ -55,7 +57,19 @@ TEST_F(WorldBasics, SeedComesFromTheTestName) {
   EXPECT_NE(c10dtest::seed_for("A.B", 0), c10dtest::seed_for("A.B", 1));
 }
 
-TEST_F(WorldBasics, BarrierCompletes) { barrier(); }
+// Nobody leaves the barrier before the last rank reached it: the last rank (late on purpose)
+// posts a key just before it, and every rank finds it right after.
+TEST_F(WorldBasics, BarrierWaitsForTheLastRank) {
+  auto& cp = World::instance().control();
+  const std::string key = World::instance().next_tag("barrier-arrived");
+  const int last = world_size() - 1;
+  if (rank() == last) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    cp.set(key, "1");
+  }
+  barrier();
+  EXPECT_TRUE(cp.check({key})) << "left the barrier before rank " << last << " reached it";
+}
 
 TEST_F(WorldBasics, MinOverRanksIsTheSameEverywhere) {
   EXPECT_EQ(World::instance().min_over_ranks(10 + rank()), 10);
