@@ -83,10 +83,10 @@ class ControlPlane {
  private:
   ControlPlane(int rank, int world_size, std::string host, int port, std::string prefix,
                c10::intrusive_ptr<c10d::TCPStore> tcp, std::string rendezvous_file);
-  // The start barrier, with the stall rule of connect(); each rank's key names its host for
-  // the message about the ranks that did not arrive.
   // A key's value in one request (a c10d get waits for the key first: two), or nullopt.
   std::optional<std::string> read(const std::string& key);
+  // The start barrier, with the stall rule of connect(); each rank's key names its host for
+  // the message about the ranks that did not arrive.
   void start_barrier(const LaunchInfo& launch, std::chrono::steady_clock::time_point deadline,
                      std::chrono::milliseconds stall);
 

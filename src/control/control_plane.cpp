@@ -265,6 +265,9 @@ std::optional<std::string> ControlPlane::read(const std::string& key) {
 
 namespace {
 
+// The key of a rank's exchange slot.
+std::string slot_key(int rank) { return "x/" + std::to_string(rank); }
+
 // A rank's exchange slot holds "<length of tag>:<tag><value>".
 std::string slot_value(const std::string& tag, const std::string& value) {
   return std::to_string(tag.size()) + ":" + tag + value;
@@ -280,7 +283,7 @@ std::optional<std::string> slot_value_for(const std::string& slot, const std::st
 }  // namespace
 
 bool ControlPlane::posted(const std::string& tag, int rank) {
-  const auto slot = read("x/" + std::to_string(rank));
+  const auto slot = read(slot_key(rank));
   return (slot && slot_value_for(*slot, tag)) || check({tag + "/all"});
 }
 
@@ -314,7 +317,7 @@ std::vector<std::string> ControlPlane::all_gather(const std::string& tag,
   };
   std::int64_t step = 1;
   if (packed) step += usual && value == *usual ? usual_hash(*usual) << 32 : kOne << 16;
-  set("x/" + std::to_string(rank_), slot_value(tag, value));
+  set(slot_key(rank_), slot_value(tag, value));
   const std::int64_t total = add(tag + "/n", step);
   if ((packed ? total & 0xffff : total) == world_size_) {
     const bool all_usual = packed && usual && ((total >> 16) & 0xffff) == 0 &&
@@ -323,7 +326,7 @@ std::vector<std::string> ControlPlane::all_gather(const std::string& tag,
     for (int r = 0; r < world_size_ && !all_usual; ++r) {
       std::optional<std::string> v = value;
       if (r != rank_) {
-        const auto slot = read("x/" + std::to_string(r));
+        const auto slot = read(slot_key(r));
         v = slot ? slot_value_for(*slot, tag) : std::nullopt;
       }
       if (!v) {

@@ -215,8 +215,8 @@ void Report::Pieces::add_own(std::string text) {
   parts.emplace_back(own.back().data(), own.back().size());
 }
 
-void Report::Suite::add(const Case& c) {
-  cases.push_back(c.xml);
+void Report::Suite::add(Case c) {
+  cases.push_back(std::move(c.xml));
   ++tests;
   failures += c.failed ? 1 : 0;
   skipped += c.skipped ? 1 : 0;
@@ -237,8 +237,12 @@ Report::Suite& Report::suite_named(const std::string& name) {
 void Report::add_case(const std::string& suite, Case c) {
   if (!enabled()) return;  // no report asked for: nothing to keep (a case per test adds up)
   std::lock_guard<std::mutex> lock(mu_);
-  suite_named(suite).add(c);
+  add_case_locked(suite, std::move(c));
+}
+
+void Report::add_case_locked(const std::string& suite, Case c) {
   body_bytes_ += c.xml.size();
+  suite_named(suite).add(std::move(c));
 }
 
 void Report::add_test(const ::testing::TestInfo& info) {
@@ -261,8 +265,7 @@ void Report::add_test(const ::testing::TestInfo& info) {
            attr("time", seconds(c.time_ms)) + attr("timestamp", iso8601(result.start_timestamp())) +
            attr("classname", info.test_suite_name()) + close_case(result_body(result, own_tag_));
   std::lock_guard<std::mutex> lock(mu_);
-  suite_named(info.test_suite_name()).add(c);
-  body_bytes_ += c.xml.size();
+  add_case_locked(info.test_suite_name(), std::move(c));
   // With the record, under one lock: until the listener begins what comes next, a fault
   // interrupts the suite's own code, never this test a second time (once passed, once failed).
   // The crash handler's copy, prepared at the test's start, already says the test failed.

@@ -96,7 +96,7 @@ class Report {
     int failures = 0;
     int skipped = 0;
     std::int64_t time_ms = 0;
-    void add(const Case& c);
+    void add(Case c);
   };
   // The document as a sequence of pieces: the headers it makes, and the case texts it points at.
   struct Pieces {
@@ -110,6 +110,7 @@ class Report {
   // After a test: what runs now is `suite`'s own code (under mu_).
   void suite_code_runs_locked(const std::string& suite);
   void add_case(const std::string& suite, Case c);
+  void add_case_locked(const std::string& suite, Case c);  // under mu_
   // The whole document; `extra` (a fault's test case) is added to suite `extra_suite`.
   std::string render(const std::string& extra_suite, const Case* extra) const;
   // The same, as pieces appended to `out` (filled in place: its parts point into its own

@@ -217,7 +217,8 @@ ProcessGroupPtr World::new_subgroups(const std::vector<std::vector<int>>& groups
     const auto& g = groups[i];
     const auto it = std::find(g.begin(), g.end(), rank());
     if (it == g.end()) continue;
-    ProcessGroupPtr& cached = group_cache_[{g, static_cast<int>(backend)}];
+    const std::pair<std::vector<int>, int> key{g, static_cast<int>(backend)};
+    ProcessGroupPtr& cached = group_cache_[key];
     if (cached) {
       mine = cached;
       continue;
@@ -231,7 +232,7 @@ ProcessGroupPtr World::new_subgroups(const std::vector<std::vector<int>>& groups
                                   static_cast<int>(g.size()),
                                   group_options(detail::group_name(g), backend));
     } catch (...) {
-      group_cache_.erase({g, static_cast<int>(backend)});
+      group_cache_.erase(key);
       throw;
     }
     mine = cached;

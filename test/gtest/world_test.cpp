@@ -86,17 +86,15 @@ TEST_F(WorldBasics, ControlPlaneAllGatherOrdersByRank) {
 TEST_F(WorldBasics, ControlPlaneValuesOfAnyBytesComeBackIntact) {
   auto& cp = World::instance().control();
   // Empty, separator-like and binary values, a different length on every rank.
-  const std::string mine = rank() % 3 == 0 ? std::string()
-                           : rank() % 3 == 1 ? std::string("12:ab:") + std::string(1, '\0')
-                                             : std::string(1000 + rank(), ':');
-  const auto values = cp.all_gather("world_test/bytes", mine, std::chrono::seconds(30));
+  auto value_of = [](int r) {
+    return r % 3 == 0   ? std::string()
+           : r % 3 == 1 ? std::string("12:ab:") + std::string(1, '\0')
+                        : std::string(1000 + r, ':');
+  };
+  const auto values =
+      cp.all_gather("world_test/bytes", value_of(rank()), std::chrono::seconds(30));
   ASSERT_EQ(static_cast<int>(values.size()), world_size());
-  for (int r = 0; r < world_size(); ++r) {
-    const std::string want = r % 3 == 0 ? std::string()
-                             : r % 3 == 1 ? std::string("12:ab:") + std::string(1, '\0')
-                                          : std::string(1000 + r, ':');
-    EXPECT_EQ(values[r], want) << "rank " << r;
-  }
+  for (int r = 0; r < world_size(); ++r) EXPECT_EQ(values[r], value_of(r)) << "rank " << r;
 }
 
 // The store holds no keys of finished exchanges: its size after 200 more exchanges (and a test
