@@ -259,8 +259,10 @@ for n in 2 4; do
     log=$tmp/log/$name-$n.out
     run_srun "$log" "$n" "$tmp/bin/$name"
     [ "$rc" -eq 0 ] || fail_run "$log" "srun -n $n $name exited with $rc"
-    banner=$(grep -E "^\[==========\] Running [0-9]+ tests? from .* on $n ranks \(Slurm\)\.$" "$log") ||
-      fail_run "$log" "srun -n $n $name: no banner naming $n ranks under Slurm"
+    grep -qxF "Note: c10dtest runs $n ranks (Slurm)." "$log" ||
+      fail_run "$log" "srun -n $n $name: no note naming $n ranks under Slurm"
+    banner=$(grep -E "^\[==========\] Running [0-9]+ tests? from .*\.$" "$log") ||
+      fail_run "$log" "srun -n $n $name: no gtest banner"
     total=$(sed -E 's/^\[==========\] Running ([0-9]+) tests? .*/\1/' <<<"$banner")
     passed=$(grep -E '^\[  PASSED  \] [0-9]+ tests?\.$' "$log" | sed -E 's/[^0-9]*([0-9]+).*/\1/') ||
       fail_run "$log" "srun -n $n $name: no '[  PASSED  ]' summary line"
@@ -279,13 +281,13 @@ log=$tmp/log/child_suite-fail-4.out
 run_srun "$log" 4 "$tmp/bin/child_suite" --gtest_filter='Failures.*'
 # Every rank exits with 1 ("a test failed on some rank"); srun passes on the highest task code.
 [ "$rc" -eq 1 ] || fail_run "$log" "srun -n 4 child_suite (Failures.*) exited with $rc, not 1, although rank 2 fails"
-grep -qE '^\[==========\] Running 2 tests from 1 test suite on 4 ranks \(Slurm\)\.$' "$log" ||
-  fail_run "$log" "srun -n 4 child_suite: no banner naming 4 ranks under Slurm"
-grep -qF '[  FAILED  ] Failures.OnlyRankTwoFails (rank 2 of 4): ' "$log" ||
+grep -qxF 'Note: c10dtest runs 4 ranks (Slurm).' "$log" ||
+  fail_run "$log" "srun -n 4 child_suite: no note naming 4 ranks under Slurm"
+grep -qE '^\[rank 2 of 4\] Expected: \(rank\(\)\) != \(2\)' "$log" ||
   fail_run "$log" "srun -n 4 child_suite: the failure does not name rank 2 of 4"
 grep -qF 'planted failure' "$log" || fail_run "$log" "srun -n 4 child_suite: the failure message is missing"
-grep -qxF '[  FAILED  ] Failures.OnlyRankTwoFails (rank 2 of 4)' "$log" ||
-  fail_run "$log" "srun -n 4 child_suite: the failed-test list does not name rank 2 of 4"
+grep -qxF 'c10dtest: Failures.OnlyRankTwoFails failed on rank 2 of 4' "$log" ||
+  fail_run "$log" "srun -n 4 child_suite: the summary does not name rank 2 of 4"
 grep -qF '[       OK ] Failures.NextTestPasses' "$log" ||
   fail_run "$log" "srun -n 4 child_suite: the test after the failure did not pass"
 summary+=("PASS  srun -n 4 child_suite --gtest_filter=Failures.*: exit code $rc, failure named on rank 2 of 4")

@@ -67,7 +67,9 @@ struct RankResult {
   std::string test_name;
   std::int64_t first_failure_us = 0;  // wall clock of this rank's first failure
   std::vector<FailurePart> failures;  // at most kMaxParts, each message at most kMaxMessage
-  std::string skip_message;
+  std::string skip_message;           // of the first skip, at skip_file:skip_line
+  std::string skip_file;
+  int skip_line = -1;
   int omitted_parts = 0;
 
   static constexpr std::size_t kMaxParts = 10;
@@ -78,10 +80,13 @@ struct RankResult {
   static RankResult parse(const std::string& data);
 };
 
-// This rank's outcome of `result` (a test's, or a suite's ad-hoc result for SetUpTestSuite and
-// TearDownTestSuite failures), under `name`.
+// This rank's outcome of `result` (a test's, or a suite's or the program's ad-hoc result for
+// SetUpTestSuite, TearDownTestSuite and global environment failures), under `name`, from its
+// `from`th part on (the parts before were exchanged earlier).
 RankResult result_of(const std::string& name, const ::testing::TestResult& result,
-                     std::int64_t first_failure_us);
+                     std::int64_t first_failure_us, int from = 0);
+// `message`, cut to RankResult::kMaxMessage characters (and a note of how many more there were).
+std::string clip_message(const std::string& message);
 
 // ---- watchdog.cpp ------------------------------------------------------------------------------
 // A thread per rank with its own control-plane connection: heartbeats, the per-test deadline and
@@ -144,18 +149,54 @@ class Watchdog {
 // ---- listener.cpp ------------------------------------------------------------------------------
 // Replaces gtest's printer: aggregates each test's result over all ranks, makes every rank agree
 // on the verdict, and (rank 0 only) prints it once, naming the ranks.
+// ---- printer.cpp -------------------------------------------------------------------------------
+// One failure or skip, as gtest's printer shows it.
+struct PrintedPart {
+  ::testing::TestPartResult::Type type;
+  std::string file;  // "" when unknown
+  int line;
+  std::string message;
+};
+// The failures and skips of `result` from its `from`th part on, messages whole.
+std::vector<PrintedPart> parts_of(const ::testing::TestResult& result, int from);
+// Another rank's failures, then its skip, as exchanged.
+std::vector<PrintedPart> parts_of(const RankResult& result);
+// Prints each distinct part of the ranks' parts (`by_rank`, one list per rank) once through
+// gtest's `printer`, the ranks taken in `order`: as gtest prints it when every rank reported it,
+// else with "[rank 2 of 4] " or "[ranks 0, 2 of 4] " before its message. True when every part
+// was every rank's (the ranks agree).
+bool print_parts(::testing::TestEventListener& printer,
+                 const std::vector<std::vector<PrintedPart>>& by_rank, const std::vector<int>& order);
+
+// ---- listener.cpp ------------------------------------------------------------------------------
+// Every rank's gtest events: results are exchanged and agreed on at each test's, suite's and the
+// global environments' end, so every rank reaches the same verdict. Rank 0 prints through gtest's
+// own result printer (`printer`, null on the other ranks), which c10dtest feeds with every rank's
+// failures: when the ranks agree, the output is gtest's, line for line.
 class DistributedListener : public ::testing::EmptyTestEventListener {
  public:
-  DistributedListener(World& world, Watchdog& watchdog);
+  DistributedListener(World& world, Watchdog& watchdog,
+                      std::unique_ptr<::testing::TestEventListener> printer);
 
   void OnTestProgramStart(const ::testing::UnitTest& unit) override;
   void OnTestIterationStart(const ::testing::UnitTest& unit, int iteration) override;
+  void OnEnvironmentsSetUpStart(const ::testing::UnitTest& unit) override;
+  void OnEnvironmentsSetUpEnd(const ::testing::UnitTest& unit) override;
   void OnTestSuiteStart(const ::testing::TestSuite& suite) override;
+#ifndef GTEST_REMOVE_LEGACY_TEST_CASEAPI_
+  // gtest's printer prints its suite lines from these (the repeater calls both names).
+  void OnTestCaseStart(const ::testing::TestCase& suite) override;
+  void OnTestCaseEnd(const ::testing::TestCase& suite) override;
+#endif
   void OnTestStart(const ::testing::TestInfo& info) override;
+  void OnTestDisabled(const ::testing::TestInfo& info) override;
   void OnTestPartResult(const ::testing::TestPartResult& part) override;
   void OnTestEnd(const ::testing::TestInfo& info) override;
   void OnTestSuiteEnd(const ::testing::TestSuite& suite) override;
+  void OnEnvironmentsTearDownStart(const ::testing::UnitTest& unit) override;
+  void OnEnvironmentsTearDownEnd(const ::testing::UnitTest& unit) override;
   void OnTestIterationEnd(const ::testing::UnitTest& unit, int iteration) override;
+  void OnTestProgramEnd(const ::testing::UnitTest& unit) override;
 
  private:
   // Arms the watchdog for the suite-level code (SetUpTestSuite, TearDownTestSuite, fixture
@@ -165,35 +206,40 @@ class DistributedListener : public ::testing::EmptyTestEventListener {
   // starts interrupts it, as far as the ranks still running it can tell), or the suite's own
   // code after its last test.
   void begin_next(const ::testing::TestInfo& finished);
-  // At a suite's first test: if SetUpTestSuite failed on any rank, skip the suite everywhere.
+  // At a suite's first test: every rank's SetUpTestSuite outcome; if it failed on any rank, the
+  // suite's tests are skipped everywhere.
   void agree_on_suite_set_up();
+  // The global environments' set-up or tear-down (`what`) is watched and reported as a test is.
+  void enter_environment(const ::testing::UnitTest& unit, const std::string& what);
+  // After it: every rank takes on every rank's failures (and a skip), so that every rank runs the
+  // tests or skips them alike, and rank 0 prints them.
+  void agree_on_environment(const ::testing::UnitTest& unit, const std::string& what, bool set_up);
   // Every rank posts `mine` under `key`; returns all ranks' results, parsed.
+  std::vector<RankResult> gather(const std::string& key, const RankResult& mine);
+  // gather() of a test's or suite's result, which the watchdog then knows was posted.
   std::vector<RankResult> exchange(const std::string& key, const RankResult& mine);
-  // Records the other ranks' failures on this rank, so every rank reaches the same verdict.
-  void adopt_failures(const std::vector<RankResult>& results);
+  // Records the other ranks' failures on this rank, so every rank reaches the same verdict;
+  // `keep_fatal`: a fatal failure stays fatal (else every failure is taken as non-fatal).
+  void adopt_failures(const std::vector<RankResult>& results, bool keep_fatal = false);
   void check_test_lists(const ::testing::UnitTest& unit, int iteration);
-  void print_end(const ::testing::TestInfo& info, const std::vector<RankResult>& results);
-  // "[  FAILED  ] <name> (rank R of W): file:line: message" (rank 0 only); "ranks 0, 2" when
-  // several ranks reported the same failure.
-  void print_failure(const std::string& name, const std::vector<int>& ranks, const FailurePart& f);
-  // Each distinct failure of the `order`ed ranks once, in that order.
-  void print_failures(const std::string& name, const std::vector<int>& order,
-                      const std::vector<RankResult>& results);
+  // Rank 0: every rank's parts (rank 0's own from `local`, whole), the rank that failed first
+  // first; and "N more failures not shown" for ranks that had more than travel.
+  // True when the ranks agree (every part was every rank's).
+  bool print_ranks_parts(const std::vector<RankResult>& results, std::vector<PrintedPart> local);
+  // The ranks of `results` with status `status`.
+  static std::vector<int> ranks_with(const std::vector<RankResult>& results, char status);
 
   World& world_;
   Watchdog& watchdog_;
-  bool print_;
-  bool brief_;
-  bool color_;
+  std::unique_ptr<::testing::TestEventListener> printer_;
   std::int64_t first_failure_us_ = 0;
-  std::chrono::steady_clock::time_point iteration_start_{};
-  struct Outcome {
-    std::string name;
-    std::string ranks;
-  };
-  std::vector<Outcome> failed_;
-  std::vector<Outcome> skipped_;
-  int passed_ = 0;
+  int env_from_ = 0;    // the program's ad-hoc parts before the running environment phase
+  int suite_from_ = 0;  // the running suite's ad-hoc parts up to its first test (SetUpTestSuite)
+  std::vector<RankResult> suite_set_up_;  // every rank's SetUpTestSuite outcome
+  bool suite_set_up_agreed_ = true;       // and whether the ranks agreed on it (rank 0)
+  std::string suite_skip_;                // why this rank skips the running suite's tests
+  // Where tests failed or were skipped on some ranks only, for the summary after gtest's.
+  std::vector<std::string> where_;
 };
 
 }  // namespace detail

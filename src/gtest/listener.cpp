@@ -2,10 +2,8 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <sstream>
 
 #include "c10dtest/error.hpp"
@@ -23,40 +21,10 @@ namespace {
 // Results are awaited without a limit of their own: the watchdog bounds every test.
 constexpr std::chrono::milliseconds kNoLimit{std::chrono::hours(24 * 365)};
 
-enum class Color { kNone, kGreen, kRed, kYellow };
-
-bool want_color(Launcher launcher) {
-  const std::string flag = GTEST_FLAG_GET(color);
-  if (flag == "yes" || flag == "true" || flag == "t" || flag == "1") return true;
-  if (flag != "auto") return false;
-  // MPI launchers and srun hand ranks a pseudo-terminal whatever the user's output is (a CI
-  // log, a pipe): color only on request there.
-  if (launcher == Launcher::kOpenMPI || launcher == Launcher::kMPICH ||
-      launcher == Launcher::kSlurm) {
-    return false;
-  }
-  const char* term = std::getenv("TERM");
-  return isatty(STDOUT_FILENO) != 0 && term != nullptr && std::strcmp(term, "dumb") != 0;
-}
-
 std::string name_hash(const std::string& s) { return std::to_string(fnv1a(s)); }
 
 std::string ranks_text(const std::vector<int>& ranks, int world_size) {
   return detail::rank_list(ranks) + " of " + std::to_string(world_size);
-}
-
-std::string plural(int n, const char* word) {
-  return std::to_string(n) + " " + word + (n == 1 ? "" : "s");
-}
-
-// Prints a gtest-style tag ("[       OK ] "), colored when asked.
-void print_tag(bool color, Color c, const char* tag) {
-  if (!color || c == Color::kNone) {
-    std::fputs(tag, stdout);
-    return;
-  }
-  const char code = c == Color::kGreen ? '2' : c == Color::kRed ? '1' : '3';
-  std::printf("\033[0;3%cm%s\033[m", code, tag);
 }
 
 std::int64_t wall_us() {
@@ -65,42 +33,45 @@ std::int64_t wall_us() {
       .count();
 }
 
+// The rank whose first failure came first (by its wall clock): usually the cause. -1 if none.
+int first_to_fail(const std::vector<RankResult>& results) {
+  int first = -1;
+  for (int r = 0; r < static_cast<int>(results.size()); ++r) {
+    const RankResult& res = results[static_cast<std::size_t>(r)];
+    if (res.status != 'F') continue;
+    const RankResult* best = first < 0 ? nullptr : &results[static_cast<std::size_t>(first)];
+    if (best == nullptr || (res.first_failure_us > 0 && (best->first_failure_us == 0 ||
+                                                         res.first_failure_us < best->first_failure_us))) {
+      first = r;
+    }
+  }
+  return first;
+}
+
 }  // namespace
 
-DistributedListener::DistributedListener(World& world, Watchdog& watchdog)
-    : world_(world),
-      watchdog_(watchdog),
-      print_(world.rank() == 0),
-      brief_(GTEST_FLAG_GET(brief)),
-      color_(want_color(world.launch().launcher)) {}
+DistributedListener::DistributedListener(World& world, Watchdog& watchdog,
+                                         std::unique_ptr<::testing::TestEventListener> printer)
+    : world_(world), watchdog_(watchdog), printer_(std::move(printer)) {}
 
-void DistributedListener::OnTestProgramStart(const ::testing::UnitTest&) {}
+void DistributedListener::OnTestProgramStart(const ::testing::UnitTest& unit) {
+  if (printer_) printer_->OnTestProgramStart(unit);
+}
 
 void DistributedListener::OnTestIterationStart(const ::testing::UnitTest& unit, int iteration) {
   world_.report_->start_iteration(wall_us() / 1000, unit.random_seed());
   world_.report_->begin("c10dtest", "start-up", "", 0, "start-up");
   world_.iteration_ = iteration;
   world_.suite_index_ = -1;
-  failed_.clear();
-  skipped_.clear();
-  passed_ = 0;
-  iteration_start_ = std::chrono::steady_clock::now();
+  where_.clear();
   check_test_lists(unit, iteration);
-  if (!print_) return;
-  if (GTEST_FLAG_GET(repeat) != 1) {
-    std::printf("\nRepeating all tests (iteration %d) . . .\n\n", iteration + 1);
+  if (!printer_) return;
+  // gtest's own lines follow; this one says how many ranks agree on them.
+  if (iteration == 0 && world_.world_size() > 1 && !GTEST_FLAG_GET(brief)) {
+    std::printf("Note: c10dtest runs %d ranks (%s).\n", world_.world_size(),
+                to_string(world_.launch().launcher));
   }
-  const std::string filter = GTEST_FLAG_GET(filter);
-  if (filter != "*") std::printf("Note: Google Test filter = %s\n", filter.c_str());
-  if (GTEST_FLAG_GET(shuffle)) {
-    std::printf("Note: Randomizing tests' orders with a seed of %d .\n", unit.random_seed());
-  }
-  print_tag(color_, Color::kGreen, "[==========] ");
-  std::printf("Running %s from %s on %s (%s).\n",
-              plural(unit.test_to_run_count(), "test").c_str(),
-              plural(unit.test_suite_to_run_count(), "test suite").c_str(),
-              plural(world_.world_size(), "rank").c_str(), to_string(world_.launch().launcher));
-  std::fflush(stdout);
+  printer_->OnTestIterationStart(unit, iteration);
 }
 
 void DistributedListener::check_test_lists(const ::testing::UnitTest& unit, int iteration) {
@@ -123,7 +94,7 @@ void DistributedListener::check_test_lists(const ::testing::UnitTest& unit, int 
     return;
   }
   const auto lists = cp.all_gather(tag + "/full", names, world_.options().rendezvous_timeout);
-  if (print_) {
+  if (world_.rank() == 0) {
     std::ostringstream os;
     os << "c10dtest: the ranks would run different tests; every rank must run the same list in "
           "the same order (same binary, same --gtest_filter, same shuffle seed).\n";
@@ -162,123 +133,6 @@ void DistributedListener::arm_for_suite(const std::string& suite_name, bool repo
   watchdog_.arm(what, world_.test_key());
 }
 
-void DistributedListener::OnTestSuiteStart(const ::testing::TestSuite& suite) {
-  ++world_.suite_index_;
-  world_.test_index_ = -1;
-  arm_for_suite(suite.name(), true);
-}
-
-void DistributedListener::agree_on_suite_set_up() {
-  // gtest skips a suite's tests on a rank whose SetUpTestSuite failed; the other ranks must not
-  // run them either, or they would wait in collectives for a rank that never comes.
-  const ::testing::TestSuite* suite = ::testing::UnitTest::GetInstance()->current_test_suite();
-  const bool failed = suite != nullptr && suite->ad_hoc_test_result().Failed();
-  const auto verdicts = world_.control().all_gather(world_.test_key() + "/setup",
-                                                    failed ? "F" : "P", kNoLimit);
-  std::vector<int> failed_ranks;
-  for (int r = 0; r < world_.world_size(); ++r) {
-    if (verdicts[static_cast<std::size_t>(r)] == "F") failed_ranks.push_back(r);
-  }
-  if (failed_ranks.empty() || failed) return;
-  const std::string why = "SetUpTestSuite failed on " +
-                          ranks_text(failed_ranks, world_.world_size());
-  GTEST_MESSAGE_AT_(__FILE__, __LINE__, why.c_str(), ::testing::TestPartResult::kSkip);
-}
-
-void DistributedListener::OnTestStart(const ::testing::TestInfo& info) {
-  ++world_.test_index_;
-  world_.in_test_ = true;
-  world_.call_seq_ = 0;
-  if (world_.test_index_ == 0) agree_on_suite_set_up();
-  first_failure_us_ = 0;
-  const std::string name = std::string(info.test_suite_name()) + "." + info.name();
-  set_current_test_name(name);
-  world_.report_->begin(info.test_suite_name(), info.name(), info.file(), info.line(), name);
-  watchdog_.arm(name, world_.test_key());
-  if (print_ && !brief_) {
-    print_tag(color_, Color::kGreen, "[ RUN      ] ");
-    std::printf("%s\n", name.c_str());
-    std::fflush(stdout);
-  }
-}
-
-void DistributedListener::OnTestPartResult(const ::testing::TestPartResult& part) {
-  if (part.failed() && first_failure_us_ == 0) first_failure_us_ = wall_us();
-}
-
-std::vector<RankResult> DistributedListener::exchange(const std::string& key,
-                                                      const RankResult& mine) {
-  watchdog_.result_posted();
-  // The usual result: passed, under the same name, on every rank; the exchange then reads back
-  // no rank's value (and every rank's result is parsed once).
-  RankResult passed;
-  passed.test_name = mine.test_name;
-  const std::string usual = passed.serialize();
-  const auto raw = world_.control().all_gather(key + "/res", mine.serialize(), kNoLimit, usual);
-  std::vector<RankResult> results;
-  results.reserve(raw.size());
-  for (const auto& r : raw) results.push_back(r == usual ? passed : RankResult::parse(r));
-  return results;
-}
-
-void DistributedListener::adopt_failures(const std::vector<RankResult>& results) {
-  const int size = world_.world_size();
-  for (int r = 0; r < size; ++r) {
-    if (r == world_.rank()) continue;
-    const RankResult& res = results[static_cast<std::size_t>(r)];
-    for (const auto& f : res.failures) {
-      const std::string text = "[rank " + std::to_string(r) + " of " + std::to_string(size) +
-                               "] " + f.message;
-      GTEST_MESSAGE_AT_(f.file.empty() ? nullptr : f.file.c_str(), f.line, text.c_str(),
-                        ::testing::TestPartResult::kNonFatalFailure);
-    }
-    if (res.omitted_parts > 0) {
-      ADD_FAILURE() << "[rank " << r << " of " << size << "] " << res.omitted_parts
-                    << " more failures not shown";
-    }
-  }
-}
-
-void DistributedListener::OnTestEnd(const ::testing::TestInfo& info) {
-  const std::string name = std::string(info.test_suite_name()) + "." + info.name();
-  const RankResult mine = result_of(name, *info.result(), first_failure_us_);
-  // A rank that failed may have left its peers inside a collective: dropping its group closes
-  // the connections, so their collectives fail at once instead of hanging.
-  if (mine.status == 'F') world_.release_process_groups();
-  const std::vector<RankResult> results = exchange(world_.test_key(), mine);
-
-  const int size = world_.world_size();
-  bool any_failed = false;
-  std::vector<int> skipped_ranks;
-  for (int r = 0; r < size; ++r) {
-    const RankResult& res = results[static_cast<std::size_t>(r)];
-    if (res.test_name != mine.test_name) {
-      ADD_FAILURE() << "c10dtest: rank " << r << " of " << size << " ran " << res.test_name
-                    << " while rank " << world_.rank() << " ran " << mine.test_name;
-      any_failed = true;
-    }
-    if (res.status == 'F') any_failed = true;
-    if (res.status == 'S') skipped_ranks.push_back(r);
-  }
-  // Every rank records every rank's failures: the verdict (and exit code) is the same on all.
-  adopt_failures(results);
-  // A test skipped on some ranks did not run everywhere: it is skipped everywhere, never passed.
-  if (!any_failed && !skipped_ranks.empty() && mine.status != 'S') {
-    const RankResult& first = results[static_cast<std::size_t>(skipped_ranks.front())];
-    const std::string why = "skipped on " + ranks_text(skipped_ranks, size) + ": " +
-                            first.skip_message;
-    GTEST_MESSAGE_AT_(__FILE__, __LINE__, why.c_str(), ::testing::TestPartResult::kSkip);
-  }
-  // Recorded before anything is printed: a test whose end line is out is in the report. What
-  // follows (rebuilding the group, the next test) is what a fault from now on interrupts.
-  world_.report_->add_test(info);
-  world_.report_->write();
-  begin_next(info);
-  if (any_failed) world_.rebuild_process_groups();
-  print_end(info, results);
-  arm_for_suite(info.test_suite_name(), false);
-}
-
 void DistributedListener::begin_next(const ::testing::TestInfo& finished) {
   const ::testing::TestSuite* suite = ::testing::UnitTest::GetInstance()->current_test_suite();
   bool after = false;
@@ -297,160 +151,305 @@ void DistributedListener::begin_next(const ::testing::TestInfo& finished) {
                         name + " (SetUpTestSuite, TearDownTestSuite or fixture code)");
 }
 
-void DistributedListener::OnTestSuiteEnd(const ::testing::TestSuite& suite) {
-  const std::string name = std::string(suite.name()) + " (suite level)";
-  const RankResult mine = result_of(name, suite.ad_hoc_test_result(), 0);
+void DistributedListener::enter_environment(const ::testing::UnitTest& unit,
+                                            const std::string& what) {
+  world_.in_test_ = false;
+  ++world_.phase_;
+  world_.call_seq_ = 0;
+  const std::string name = "global test environment " + what;
+  set_current_test_name(name);
+  world_.report_->begin("c10dtest", name, "", 0, name);
+  watchdog_.arm(name, world_.test_key());
+  env_from_ = unit.ad_hoc_test_result().total_part_count();
+}
+
+void DistributedListener::OnEnvironmentsSetUpStart(const ::testing::UnitTest& unit) {
+  enter_environment(unit, "set-up");
+  if (printer_) printer_->OnEnvironmentsSetUpStart(unit);
+}
+
+void DistributedListener::OnEnvironmentsSetUpEnd(const ::testing::UnitTest& unit) {
+  agree_on_environment(unit, "set-up", true);
+  if (printer_) printer_->OnEnvironmentsSetUpEnd(unit);
+}
+
+void DistributedListener::OnEnvironmentsTearDownStart(const ::testing::UnitTest& unit) {
+  enter_environment(unit, "tear-down");
+  if (printer_) printer_->OnEnvironmentsTearDownStart(unit);
+}
+
+void DistributedListener::OnEnvironmentsTearDownEnd(const ::testing::UnitTest& unit) {
+  agree_on_environment(unit, "tear-down", false);
+  if (printer_) printer_->OnEnvironmentsTearDownEnd(unit);
+}
+
+void DistributedListener::agree_on_environment(const ::testing::UnitTest& unit,
+                                               const std::string& what, bool set_up) {
+  const std::string name = "global test environment " + what;
+  const ::testing::TestResult& ad_hoc = unit.ad_hoc_test_result();
+  const RankResult mine = result_of(name, ad_hoc, 0, env_from_);
+  std::vector<PrintedPart> local;
+  if (printer_) local = parts_of(ad_hoc, env_from_);
   if (mine.status == 'F') world_.release_process_groups();
   const std::vector<RankResult> results = exchange(world_.test_key(), mine);
+  const bool agreed = printer_ && print_ranks_parts(results, std::move(local));
+  // gtest runs the tests after a failed set-up, skips them all after a fatal failure and leaves
+  // them out after a skip: every rank takes on what any rank had, so all do the same.
+  adopt_failures(results, /*keep_fatal=*/set_up);
+  const std::vector<int> failing = ranks_with(results, 'F');
+  const std::vector<int> skipping = ranks_with(results, 'S');
+  if (set_up && !skipping.empty() && mine.status != 'S') {
+    const RankResult& first = results[static_cast<std::size_t>(skipping.front())];
+    // gtest prints a skipped set-up's messages itself, on every rank: the other ranks' is empty.
+    const std::string why = world_.rank() != 0 ? std::string()
+                                               : "skipped on " +
+                                                     ranks_text(skipping, world_.world_size()) +
+                                                     ": " + first.skip_message;
+    GTEST_MESSAGE_AT_(first.skip_file.empty() ? nullptr : first.skip_file.c_str(),
+                      first.skip_line, why.c_str(), ::testing::TestPartResult::kSkip);
+  }
+  if (printer_ && !failing.empty() && !agreed) {
+    where_.push_back("the " + name + " failed on " + ranks_text(failing, world_.world_size()));
+  }
+  if (!failing.empty()) world_.rebuild_process_groups();
+  watchdog_.disarm();
+  set_current_test_name("");
+}
+
+std::vector<int> DistributedListener::ranks_with(const std::vector<RankResult>& results,
+                                                 char status) {
+  std::vector<int> ranks;
+  for (int r = 0; r < static_cast<int>(results.size()); ++r) {
+    if (results[static_cast<std::size_t>(r)].status == status) ranks.push_back(r);
+  }
+  return ranks;
+}
+
+void DistributedListener::OnTestSuiteStart(const ::testing::TestSuite& suite) {
+  ++world_.suite_index_;
+  world_.test_index_ = -1;
+  suite_set_up_.clear();
+  suite_skip_.clear();
+  suite_from_ = 0;
+  arm_for_suite(suite.name(), true);
+  if (printer_) printer_->OnTestSuiteStart(suite);
+}
+
+#ifndef GTEST_REMOVE_LEGACY_TEST_CASEAPI_
+void DistributedListener::OnTestCaseStart(const ::testing::TestCase& suite) {
+  if (printer_) printer_->OnTestCaseStart(suite);
+}
+
+void DistributedListener::OnTestCaseEnd(const ::testing::TestCase& suite) {
+  if (printer_) printer_->OnTestCaseEnd(suite);
+}
+#endif
+
+void DistributedListener::agree_on_suite_set_up() {
+  // gtest skips a suite's tests on a rank whose SetUpTestSuite failed; the other ranks must not
+  // run them either, or they would wait in collectives for a rank that never comes.
+  const ::testing::TestSuite* suite = ::testing::UnitTest::GetInstance()->current_test_suite();
+  if (suite == nullptr) return;
+  const ::testing::TestResult& ad_hoc = suite->ad_hoc_test_result();
+  const RankResult mine = result_of(std::string(suite->name()) + " (SetUpTestSuite)", ad_hoc, 0);
+  std::vector<PrintedPart> local;
+  if (printer_) local = parts_of(ad_hoc, 0);
+  suite_set_up_ = gather(world_.test_key() + "/setup", mine);
+  suite_from_ = ad_hoc.total_part_count();
+  suite_set_up_agreed_ = printer_ && print_ranks_parts(suite_set_up_, std::move(local));
+  const std::vector<int> failed = ranks_with(suite_set_up_, 'F');
+  if (!failed.empty() && mine.status != 'F') {
+    suite_skip_ = "SetUpTestSuite failed on " + ranks_text(failed, world_.world_size());
+  }
+}
+
+void DistributedListener::OnTestStart(const ::testing::TestInfo& info) {
+  ++world_.test_index_;
+  world_.in_test_ = true;
+  world_.call_seq_ = 0;
+  if (world_.test_index_ == 0) agree_on_suite_set_up();
+  // Every test of the suite, as gtest does on the rank whose SetUpTestSuite failed.
+  if (!suite_skip_.empty()) {
+    GTEST_MESSAGE_AT_(info.file(), info.line(), suite_skip_.c_str(),
+                      ::testing::TestPartResult::kSkip);
+  }
+  first_failure_us_ = 0;
+  const std::string name = std::string(info.test_suite_name()) + "." + info.name();
+  set_current_test_name(name);
+  world_.report_->begin(info.test_suite_name(), info.name(), info.file(), info.line(), name);
+  watchdog_.arm(name, world_.test_key());
+  if (printer_) printer_->OnTestStart(info);
+}
+
+void DistributedListener::OnTestDisabled(const ::testing::TestInfo& info) {
+  if (printer_) printer_->OnTestDisabled(info);
+}
+
+void DistributedListener::OnTestPartResult(const ::testing::TestPartResult& part) {
+  // Printed with every rank's parts once the ranks have exchanged them.
+  if (part.failed() && first_failure_us_ == 0) first_failure_us_ = wall_us();
+}
+
+std::vector<RankResult> DistributedListener::gather(const std::string& key,
+                                                    const RankResult& mine) {
+  // The usual result: passed, under the same name, on every rank; the exchange then reads back
+  // no rank's value (and every rank's result is parsed once).
+  RankResult passed;
+  passed.test_name = mine.test_name;
+  const std::string usual = passed.serialize();
+  const auto raw = world_.control().all_gather(key + "/res", mine.serialize(), kNoLimit, usual);
+  std::vector<RankResult> results;
+  results.reserve(raw.size());
+  for (const auto& r : raw) results.push_back(r == usual ? passed : RankResult::parse(r));
+  return results;
+}
+
+std::vector<RankResult> DistributedListener::exchange(const std::string& key,
+                                                      const RankResult& mine) {
+  watchdog_.result_posted();
+  return gather(key, mine);
+}
+
+void DistributedListener::adopt_failures(const std::vector<RankResult>& results,
+                                         bool keep_fatal) {
+  const int size = world_.world_size();
+  for (int r = 0; r < size; ++r) {
+    if (r == world_.rank()) continue;
+    const RankResult& res = results[static_cast<std::size_t>(r)];
+    for (const auto& f : res.failures) {
+      const std::string text = "[rank " + std::to_string(r) + " of " + std::to_string(size) +
+                               "] " + f.message;
+      GTEST_MESSAGE_AT_(f.file.empty() ? nullptr : f.file.c_str(), f.line, text.c_str(),
+                        keep_fatal && f.fatal ? ::testing::TestPartResult::kFatalFailure
+                                              : ::testing::TestPartResult::kNonFatalFailure);
+    }
+    if (res.omitted_parts > 0) {
+      ADD_FAILURE() << "[rank " << r << " of " << size << "] " << res.omitted_parts
+                    << " more failures not shown";
+    }
+  }
+}
+
+bool DistributedListener::print_ranks_parts(const std::vector<RankResult>& results,
+                                            std::vector<PrintedPart> local) {
+  const int size = world_.world_size();
+  std::vector<std::vector<PrintedPart>> by_rank(results.size());
+  by_rank[0] = std::move(local);
+  for (int r = 1; r < size; ++r) by_rank[static_cast<std::size_t>(r)] = parts_of(results[static_cast<std::size_t>(r)]);
+  // The rank that failed first (usually the cause) is printed first.
+  std::vector<int> order(static_cast<std::size_t>(size));
+  for (int r = 0; r < size; ++r) order[static_cast<std::size_t>(r)] = r;
+  const int first = first_to_fail(results);
+  std::stable_partition(order.begin(), order.end(), [&](int r) { return r == first; });
+  bool agreed = print_parts(*printer_, by_rank, order);
+  for (int r = 1; r < size; ++r) {
+    const RankResult& res = results[static_cast<std::size_t>(r)];
+    if (res.omitted_parts > 0) {
+      std::printf("[rank %d of %d] %d more failures not shown\n", r, size, res.omitted_parts);
+      agreed = false;
+    }
+  }
+  return agreed;
+}
+
+void DistributedListener::OnTestEnd(const ::testing::TestInfo& info) {
+  const std::string name = std::string(info.test_suite_name()) + "." + info.name();
+  const RankResult mine = result_of(name, *info.result(), first_failure_us_);
+  // A rank that failed may have left its peers inside a collective: dropping its group closes
+  // the connections, so their collectives fail at once instead of hanging.
+  if (mine.status == 'F') world_.release_process_groups();
+  const std::vector<RankResult> results = exchange(world_.test_key(), mine);
+
+  const int size = world_.world_size();
+  for (int r = 0; r < size; ++r) {
+    const RankResult& res = results[static_cast<std::size_t>(r)];
+    if (res.test_name != mine.test_name) {
+      ADD_FAILURE() << "c10dtest: rank " << r << " of " << size << " ran " << res.test_name
+                    << " while rank " << world_.rank() << " ran " << mine.test_name;
+    }
+  }
+  // Rank 0 prints every rank's parts before it takes on the others' (which would repeat them).
+  const bool agreed = printer_ && print_ranks_parts(results, parts_of(*info.result(), 0));
+  const std::vector<int> failing = ranks_with(results, 'F');
+  const std::vector<int> skipping = ranks_with(results, 'S');
+  const bool any_failed = !failing.empty() || info.result()->Failed();
+  // Every rank records every rank's failures: the verdict (and exit code) is the same on all.
   adopt_failures(results);
+  // A test skipped on some ranks did not run everywhere: it is skipped everywhere, never passed.
+  if (!any_failed && !skipping.empty() && mine.status != 'S') {
+    const RankResult& first = results[static_cast<std::size_t>(skipping.front())];
+    const std::string why = "skipped on " + ranks_text(skipping, size) + ": " + first.skip_message;
+    GTEST_MESSAGE_AT_(first.skip_file.empty() ? nullptr : first.skip_file.c_str(),
+                      first.skip_line, why.c_str(), ::testing::TestPartResult::kSkip);
+  }
+  // Rank 0 names the ranks in a summary after gtest's where they did not agree.
+  if (printer_ && !agreed && !failing.empty()) {
+    std::string where = name + " failed on " + ranks_text(failing, size);
+    if (failing.size() > 1) where += ", first on rank " + std::to_string(first_to_fail(results));
+    where_.push_back(where);
+  } else if (printer_ && !any_failed && !skipping.empty() &&
+             static_cast<int>(skipping.size()) < size) {
+    where_.push_back(name + " was skipped on " + ranks_text(skipping, size));
+  }
+  // Recorded before anything is printed: a test whose end line is out is in the report. What
+  // follows (rebuilding the group, the next test) is what a fault from now on interrupts.
+  world_.report_->add_test(info);
+  world_.report_->write();
+  begin_next(info);
+  if (any_failed) world_.rebuild_process_groups();
+  if (printer_) printer_->OnTestEnd(info);
+  arm_for_suite(info.test_suite_name(), false);
+}
+
+void DistributedListener::OnTestSuiteEnd(const ::testing::TestSuite& suite) {
+  const std::string name = std::string(suite.name()) + " (suite level)";
+  const ::testing::TestResult& ad_hoc = suite.ad_hoc_test_result();
+  // SetUpTestSuite's parts were exchanged and printed at the first test: TearDownTestSuite's.
+  const RankResult mine = result_of(name, ad_hoc, 0, suite_from_);
+  std::vector<PrintedPart> local;
+  if (printer_) local = parts_of(ad_hoc, suite_from_);
+  if (mine.status == 'F') world_.release_process_groups();
+  const std::vector<RankResult> results = exchange(world_.test_key(), mine);
+  const bool agreed = printer_ && print_ranks_parts(results, std::move(local)) &&
+                      (suite_set_up_.empty() || suite_set_up_agreed_);
   std::vector<int> failing;
   for (int r = 0; r < world_.world_size(); ++r) {
-    if (results[static_cast<std::size_t>(r)].status == 'F') failing.push_back(r);
+    const auto i = static_cast<std::size_t>(r);
+    if (results[i].status == 'F' || (i < suite_set_up_.size() && suite_set_up_[i].status == 'F')) {
+      failing.push_back(r);
+    }
   }
+  if (!suite_set_up_.empty()) adopt_failures(suite_set_up_);
+  adopt_failures(results);
   if (!failing.empty()) {
     world_.report_->add_suite_failure(suite);
     world_.report_->write();
-  }
-  if (print_) print_failures(name, failing, results);
-  if (!failing.empty()) {
     world_.rebuild_process_groups();
-    failed_.push_back({name, ranks_text(failing, world_.world_size())});
+    if (printer_ && !agreed) {
+      where_.push_back(std::string(suite.name()) +
+                       " (SetUpTestSuite or TearDownTestSuite) failed on " +
+                       ranks_text(failing, world_.world_size()));
+    }
   }
+  if (printer_) printer_->OnTestSuiteEnd(suite);
   std::fflush(stdout);
   watchdog_.disarm();
   set_current_test_name("");
 }
 
-void DistributedListener::print_failure(const std::string& name, const std::vector<int>& ranks,
-                                        const FailurePart& f) {
-  print_tag(color_, Color::kRed, "[  FAILED  ] ");
-  std::printf("%s (%s): ", name.c_str(), ranks_text(ranks, world_.world_size()).c_str());
-  if (f.line >= 0) std::printf("%s:%d: ", f.file.c_str(), f.line);
-  const bool multi_line = f.message.find('\n') != std::string::npos;
-  std::printf("%s%s\n", multi_line ? "Failure\n" : "", f.message.c_str());
-}
-
-void DistributedListener::print_failures(const std::string& name, const std::vector<int>& order,
-                                         const std::vector<RankResult>& results) {
-  // A failure several ranks report word for word (a collective check) is printed once.
-  std::vector<std::pair<const FailurePart*, std::vector<int>>> unique;
-  for (int r : order) {
-    for (const auto& f : results[static_cast<std::size_t>(r)].failures) {
-      auto it = std::find_if(unique.begin(), unique.end(), [&](const auto& u) {
-        return u.first->file == f.file && u.first->line == f.line && u.first->message == f.message;
-      });
-      if (it == unique.end()) {
-        unique.push_back({&f, {r}});
-      } else {
-        it->second.push_back(r);
-      }
-    }
-  }
-  for (auto& [f, ranks] : unique) {
-    std::sort(ranks.begin(), ranks.end());
-    print_failure(name, ranks, *f);
-  }
-}
-
-void DistributedListener::print_end(const ::testing::TestInfo& info,
-                                    const std::vector<RankResult>& results) {
-  const std::string name = std::string(info.test_suite_name()) + "." + info.name();
-  const int size = world_.world_size();
-  std::vector<int> failing;
-  std::vector<int> skipping;
-  int first_rank = -1;
-  std::int64_t first_us = 0;
-  for (int r = 0; r < size; ++r) {
-    const RankResult& res = results[static_cast<std::size_t>(r)];
-    if (res.status == 'F') {
-      failing.push_back(r);
-      if (first_rank < 0 || (res.first_failure_us > 0 && res.first_failure_us < first_us)) {
-        first_rank = r;
-        first_us = res.first_failure_us;
-      }
-    }
-    if (res.status == 'S') skipping.push_back(r);
-  }
-  if (!failing.empty()) {
-    std::string ranks = ranks_text(failing, size);
-    if (failing.size() > 1) ranks += ", first on rank " + std::to_string(first_rank);
-    failed_.push_back({name, ranks});
-  } else if (!skipping.empty()) {
-    skipped_.push_back(
-        {name, static_cast<int>(skipping.size()) == size ? "" : ranks_text(skipping, size)});
-  } else {
-    ++passed_;
-  }
-  if (!print_) return;
-  const long long ms = static_cast<long long>(info.result()->elapsed_time());
-  if (!failing.empty()) {
-    // The rank that failed first (usually the cause) is printed first.
-    std::stable_partition(failing.begin(), failing.end(), [&](int r) { return r == first_rank; });
-    print_failures(name, failing, results);
-    for (int r : failing) {
-      const RankResult& res = results[static_cast<std::size_t>(r)];
-      if (res.omitted_parts > 0) {
-        print_tag(color_, Color::kRed, "[  FAILED  ] ");
-        std::printf("%s (rank %d of %d): %d more failures not shown\n", name.c_str(), r, size,
-                    res.omitted_parts);
-      }
-    }
-    print_tag(color_, Color::kRed, "[  FAILED  ] ");
-    std::printf("%s on %s (%lld ms)\n", name.c_str(), failed_.back().ranks.c_str(), ms);
-  } else if (!skipping.empty()) {
-    const RankResult& first = results[static_cast<std::size_t>(skipping.front())];
-    if (!brief_) {
-      print_tag(color_, Color::kYellow, "[  SKIPPED ] ");
-      const std::string& where = skipped_.back().ranks;
-      std::printf("%s%s%s%s%s (%lld ms)\n", name.c_str(), where.empty() ? "" : " on ",
-                  where.c_str(), first.skip_message.empty() ? "" : ": ",
-                  first.skip_message.c_str(), ms);
-    }
-  } else if (!brief_) {
-    print_tag(color_, Color::kGreen, "[       OK ] ");
-    std::printf("%s (%lld ms)\n", name.c_str(), ms);
-  }
-  std::fflush(stdout);
-}
-
-void DistributedListener::OnTestIterationEnd(const ::testing::UnitTest& unit, int) {
+void DistributedListener::OnTestIterationEnd(const ::testing::UnitTest& unit, int iteration) {
   world_.report_->add_unit_failure(unit.ad_hoc_test_result());
   world_.report_->write(/*force=*/true);
   world_.report_->begin("c10dtest", "shutdown", "", 0, "shutdown");
-  if (!print_) return;
-  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                      std::chrono::steady_clock::now() - iteration_start_)
-                      .count();
-  print_tag(color_, Color::kGreen, "[==========] ");
-  std::printf("%s from %s ran on %s. (%lld ms total)\n",
-              plural(unit.test_to_run_count(), "test").c_str(),
-              plural(unit.test_suite_to_run_count(), "test suite").c_str(),
-              plural(world_.world_size(), "rank").c_str(), static_cast<long long>(ms));
-  print_tag(color_, Color::kGreen, "[  PASSED  ] ");
-  std::printf("%s.\n", plural(passed_, "test").c_str());
-  if (!skipped_.empty()) {
-    print_tag(color_, Color::kYellow, "[  SKIPPED ] ");
-    std::printf("%s, listed below:\n", plural(static_cast<int>(skipped_.size()), "test").c_str());
-    for (const auto& s : skipped_) {
-      print_tag(color_, Color::kYellow, "[  SKIPPED ] ");
-      if (s.ranks.empty()) {
-        std::printf("%s\n", s.name.c_str());
-      } else {
-        std::printf("%s (skipped on %s)\n", s.name.c_str(), s.ranks.c_str());
-      }
-    }
-  }
-  if (!failed_.empty()) {
-    print_tag(color_, Color::kRed, "[  FAILED  ] ");
-    std::printf("%s, listed below:\n", plural(static_cast<int>(failed_.size()), "test").c_str());
-    for (const auto& f : failed_) {
-      print_tag(color_, Color::kRed, "[  FAILED  ] ");
-      std::printf("%s (%s)\n", f.name.c_str(), f.ranks.c_str());
-    }
-    std::printf("\n%2d FAILED %s\n", static_cast<int>(failed_.size()),
-                failed_.size() == 1 ? "TEST" : "TESTS");
-  }
+  if (!printer_) return;
+  printer_->OnTestIterationEnd(unit, iteration);
+  // gtest's summary names the tests; this names the ranks, where they did not all agree.
+  for (const auto& w : where_) std::printf("c10dtest: %s\n", w.c_str());
   std::fflush(stdout);
+}
+
+void DistributedListener::OnTestProgramEnd(const ::testing::UnitTest& unit) {
+  if (printer_) printer_->OnTestProgramEnd(unit);
 }
 
 }  // namespace c10dtest::detail

@@ -1,6 +1,7 @@
 #include "c10dtest/main.hpp"
 
 #include <fcntl.h>
+#include <strings.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <sys/stat.h>
@@ -11,6 +12,7 @@
 #include <cstdio>
 #include <fstream>
 #include <iterator>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -135,6 +137,14 @@ int init(int* argc, char** argv) {
       return -1;
     }
     if (!options.log_dir.empty() && launch.rank != 0) redirect_output(options.log_dir, launch.rank);
+    // gtest colours "auto" output when stdout is a terminal. MPI launchers and srun give every
+    // rank a pseudo-terminal whatever their own output is (a CI log, a file), so there "auto"
+    // means no colour; "yes" (or GTEST_COLOR=yes) still colours, as gtest does.
+    if ((launch.launcher == Launcher::kOpenMPI || launch.launcher == Launcher::kMPICH ||
+         launch.launcher == Launcher::kSlurm) &&
+        strcasecmp(GTEST_FLAG_GET(color).c_str(), "auto") == 0) {
+      GTEST_FLAG_SET(color, "no");
+    }
     // A peer that drops its group closes its sockets; Gloo writes (writev, no MSG_NOSIGNAL) to
     // such a socket would kill this rank with SIGPIPE instead of failing the collective with
     // "Connection closed by peer". Python ignores SIGPIPE for the same reason.
@@ -158,13 +168,17 @@ int init(int* argc, char** argv) {
     agree_on_shuffle_seed(slot->control(), options);
 
     auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
-    delete listeners.Release(listeners.default_result_printer());
+    // gtest's printer (pretty or brief, as its flags say) prints on rank 0 only, fed by c10dtest
+    // with every rank's results.
+    std::unique_ptr<::testing::TestEventListener> printer(
+        listeners.Release(listeners.default_result_printer()));
+    if (launch.rank != 0) printer.reset();
     // gtest would write its XML once, at the end, from every rank; c10dtest's report replaces
     // it. Another format (JSON) stays gtest's, written by rank 0 only.
     if (launch.rank != 0 || report->enabled()) {
       delete listeners.Release(listeners.default_xml_generator());
     }
-    listeners.Append(new detail::DistributedListener(*slot, *slot->watchdog_));
+    listeners.Append(new detail::DistributedListener(*slot, *slot->watchdog_, std::move(printer)));
     return -1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "c10dtest: %s\n", e.what());

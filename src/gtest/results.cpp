@@ -6,15 +6,11 @@
 
 namespace c10dtest::detail {
 
-namespace {
-
-std::string clip(const std::string& s) {
+std::string clip_message(const std::string& s) {
   if (s.size() <= RankResult::kMaxMessage) return s;
   return s.substr(0, RankResult::kMaxMessage) + "\n... (" +
          std::to_string(s.size() - RankResult::kMaxMessage) + " more characters)";
 }
-
-}  // namespace
 
 std::string RankResult::serialize() const {
   std::string out;
@@ -22,6 +18,8 @@ std::string RankResult::serialize() const {
   put_field(out, test_name);
   put_field(out, std::to_string(first_failure_us));
   put_field(out, skip_message);
+  put_field(out, skip_file);
+  put_field(out, std::to_string(skip_line));
   put_field(out, std::to_string(omitted_parts));
   put_field(out, std::to_string(failures.size()));
   for (const auto& f : failures) {
@@ -41,6 +39,8 @@ RankResult RankResult::parse(const std::string& data) {
   r.test_name = in.next();
   r.first_failure_us = in.number();
   r.skip_message = in.next();
+  r.skip_file = in.next();
+  r.skip_line = static_cast<int>(in.number());
   r.omitted_parts = static_cast<int>(in.number());
   const auto n = in.number();
   for (long long i = 0; i < n; ++i) {
@@ -55,18 +55,25 @@ RankResult RankResult::parse(const std::string& data) {
 }
 
 RankResult result_of(const std::string& name, const ::testing::TestResult& tr,
-                     std::int64_t first_failure_us) {
+                     std::int64_t first_failure_us, int from) {
   RankResult r;
   r.test_name = name;
-  r.status = tr.Failed() ? 'F' : tr.Skipped() ? 'S' : 'P';
   r.first_failure_us = first_failure_us;
-  for (int i = 0; i < tr.total_part_count(); ++i) {
+  bool failed = false;
+  bool skipped = false;
+  for (int i = from; i < tr.total_part_count(); ++i) {
     const ::testing::TestPartResult& part = tr.GetTestPartResult(i);
     if (part.skipped()) {
-      if (r.skip_message.empty()) r.skip_message = clip(part.message());
+      if (!skipped) {
+        r.skip_message = clip_message(part.message());
+        r.skip_file = part.file_name() != nullptr ? part.file_name() : "";
+        r.skip_line = part.line_number();
+      }
+      skipped = true;
       continue;
     }
     if (!part.failed()) continue;
+    failed = true;
     if (r.failures.size() >= RankResult::kMaxParts) {
       ++r.omitted_parts;
       continue;
@@ -75,9 +82,11 @@ RankResult result_of(const std::string& name, const ::testing::TestResult& tr,
     f.file = part.file_name() != nullptr ? part.file_name() : "";
     f.line = part.line_number();
     f.fatal = part.fatally_failed();
-    f.message = clip(part.message());
+    f.message = clip_message(part.message());
     r.failures.push_back(std::move(f));
   }
+  // As gtest's TestResult: failed if any part failed, else skipped if any part skipped.
+  r.status = failed ? 'F' : skipped ? 'S' : 'P';
   return r;
 }
 

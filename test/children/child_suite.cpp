@@ -265,6 +265,11 @@ class SuiteSetUpFailsOnRankOne : public c10dtest::DistributedTest {
 };
 
 TEST_F(SuiteSetUpFailsOnRankOne, TestItselfPasses) { barrier(); }
+// Every test of the suite is skipped everywhere, not only the first.
+TEST_F(SuiteSetUpFailsOnRankOne, SecondTestPasses) {
+  ADD_FAILURE() << "ran although SetUpTestSuite failed on rank 1";
+  barrier();
+}
 
 class SuiteTearDownHangs : public c10dtest::DistributedTest {
  public:

@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -30,6 +31,8 @@
 #define C10DTEST_MPIEXEC ""
 #endif
 
+#include "child_process.hpp"
+
 namespace fs = std::filesystem;
 
 namespace {
@@ -39,45 +42,10 @@ constexpr int kExitConfigError = 2;
 constexpr int kExitTimeout = 3;
 constexpr int kExitRankDied = 4;
 
-struct Outcome {
-  int exit_code = -1;
-  std::string output;
-  double seconds = 0;
-};
-
-std::string unique_tag() {
-  std::random_device rd;
-  return std::to_string(getpid()) + "-" + std::to_string(rd());
-}
-
-// Runs `command` through sh (stdout and stderr together), bounded by `limit_s` seconds.
-Outcome run(const std::string& command, int limit_s = 180) {
-  const std::string full = "timeout -k 5 " + std::to_string(limit_s) + " sh -c '" + command +
-                           "' 2>&1";
-  const auto start = std::chrono::steady_clock::now();
-  Outcome out;
-  FILE* pipe = popen(full.c_str(), "r");
-  if (pipe == nullptr) {
-    out.output = "popen failed";
-    return out;
-  }
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), pipe)) > 0) out.output.append(buf, n);
-  const int status = pclose(pipe);
-  out.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  return out;
-}
-
-int count(const std::string& haystack, const std::string& needle) {
-  int n = 0;
-  for (auto pos = haystack.find(needle); pos != std::string::npos;
-       pos = haystack.find(needle, pos + 1)) {
-    ++n;
-  }
-  return n;
-}
+using c10dtest_driver::count;
+using c10dtest_driver::Outcome;
+using c10dtest_driver::run;
+using c10dtest_driver::unique_tag;
 
 // Lines that blame a rank: "[  DEAD    ] rank R of W ..." (each names one rank).
 std::vector<int> blamed(const std::string& output) {
@@ -139,15 +107,6 @@ std::string child(Launch launch, int ranks, const std::string& args, const std::
          std::to_string(ranks) + " " + bin + " " + args;
 }
 
-// OpenMPI refuses to run as root and to put more ranks than cores on a machine unless told.
-const bool kOpenMpiSettings = [] {
-  setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 0);
-  setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 0);
-  setenv("OMPI_MCA_rmaps_base_oversubscribe", "1", 0);        // Open MPI 4
-  setenv("PRTE_MCA_rmaps_default_mapping_policy", ":oversubscribe", 0);  // Open MPI 5
-  setenv("OMPI_MCA_btl_vader_single_copy_mechanism", "none", 0);
-  return true;
-}();
 
 class ChildSuite : public ::testing::TestWithParam<Launch> {
  protected:
@@ -169,11 +128,15 @@ class ChildSuite : public ::testing::TestWithParam<Launch> {
 TEST_P(ChildSuite, FailureOnlyOnRankTwoIsReportedOnceNamingRankTwo) {
   const Outcome o = run_child(4, "--gtest_filter=Failures.*");
   EXPECT_EQ(o.exit_code, kExitTestsFailed) << o.output;
-  EXPECT_NE(o.output.find("[  FAILED  ] Failures.OnlyRankTwoFails (rank 2 of 4): "),
-            std::string::npos)
+  // gtest's lines, the failure's message naming its rank, and a summary line naming it again.
+  EXPECT_NE(o.output.find(": Failure\n[rank 2 of 4] Expected: (rank()) != (2)"), std::string::npos)
       << o.output;
   EXPECT_EQ(count(o.output, "planted failure"), 1) << o.output;
-  EXPECT_NE(o.output.find("[  FAILED  ] Failures.OnlyRankTwoFails (rank 2 of 4)\n"),
+  EXPECT_NE(o.output.find("[  FAILED  ] Failures.OnlyRankTwoFails ("), std::string::npos)
+      << o.output;
+  EXPECT_NE(o.output.find("[  FAILED  ] Failures.OnlyRankTwoFails\n"), std::string::npos)
+      << o.output;
+  EXPECT_NE(o.output.find("\nc10dtest: Failures.OnlyRankTwoFails failed on rank 2 of 4\n"),
             std::string::npos)
       << o.output;
   EXPECT_NE(o.output.find("[       OK ] Failures.NextTestPasses"), std::string::npos) << o.output;
@@ -183,12 +146,19 @@ TEST_P(ChildSuite, RankLeavingEarlyDoesNotHangItsPeersAndTheNextTestRuns) {
   const Outcome o = run_child(4, "--gtest_filter=EarlyExit.* --c10dtest_timeout=120");
   EXPECT_EQ(o.exit_code, kExitTestsFailed) << o.output;
   EXPECT_LT(o.seconds, 60) << "the peers waited for the watchdog instead of failing fast";
-  EXPECT_NE(o.output.find("EarlyExit.AssertOnRankOneWhileOthersAllgather (rank 1 of 4): "),
-            std::string::npos)
-      << o.output;
+  // The rank that failed first (the cause) is printed first, then its peers' broken collectives.
+  for (const char* test : {"AssertOnRankOneWhileOthersAllgather", "ThrowOnRankOneWhileOthersAllreduce"}) {
+    const std::regex first(std::string(R"(\[ RUN      \] EarlyExit\.)") + test +
+                           R"(\n[^\n]*: Failure\n\[rank 1 of 4\] )");
+    EXPECT_TRUE(std::regex_search(o.output, first)) << test << "\n" << o.output;
+    EXPECT_EQ(count(o.output, std::string("\nc10dtest: EarlyExit.") + test +
+                                  " failed on ranks 0, 1, 2, 3 of 4, first on rank 1\n"),
+              1)
+        << o.output;
+  }
   EXPECT_NE(o.output.find("planted fatal failure"), std::string::npos) << o.output;
   EXPECT_NE(o.output.find("planted exception"), std::string::npos) << o.output;
-  EXPECT_EQ(count(o.output, "first on rank 1"), 4) << o.output;
+  EXPECT_EQ(count(o.output, "first on rank 1"), 2) << o.output;
   EXPECT_NE(o.output.find("[       OK ] EarlyExit.NextTestRunsOnRebuiltGroup"), std::string::npos)
       << o.output;
 }
@@ -416,7 +386,9 @@ TEST_P(ChildSuite, SkipIsASkipOnEveryRank) {
   const Outcome o = run_child(4, "--gtest_filter=Skips.*");
   EXPECT_EQ(o.exit_code, 0) << o.output;
   EXPECT_NE(o.output.find("[  SKIPPED ] 3 tests, listed below:"), std::string::npos) << o.output;
-  EXPECT_NE(o.output.find("[  SKIPPED ] Skips.OnlyRankOneSkips (skipped on rank 1 of 4)"),
+  EXPECT_NE(o.output.find("[  SKIPPED ] Skips.OnlyRankOneSkips\n"), std::string::npos)
+      << o.output;
+  EXPECT_NE(o.output.find("\nc10dtest: Skips.OnlyRankOneSkips was skipped on rank 1 of 4\n"),
             std::string::npos)
       << o.output;
   EXPECT_NE(o.output.find("[  PASSED  ] 0 tests."), std::string::npos) << o.output;
@@ -521,16 +493,27 @@ TEST_P(ChildSuite, ListTestsPrintsOnce) {
 TEST_P(ChildSuite, SuiteSetUpFailureOnOneRankSkipsTheSuiteEverywhereAndIsNamed) {
   const Outcome o = run_child(4, "--gtest_filter=SuiteSetUpFailsOnRankOne.*");
   EXPECT_EQ(o.exit_code, kExitTestsFailed) << o.output;
-  EXPECT_NE(o.output.find("[  FAILED  ] SuiteSetUpFailsOnRankOne (suite level) (rank 1 of 4): "),
-            std::string::npos)
-      << o.output;
+  // Printed before the first test starts, as gtest prints a SetUpTestSuite failure.
+  const auto failure = o.output.find(": Failure\n[rank 1 of 4] ");
+  EXPECT_LT(failure, o.output.find("[ RUN      ] SuiteSetUpFailsOnRankOne.")) << o.output;
   EXPECT_EQ(count(o.output, "planted suite failure"), 1) << o.output;
   // The other ranks do not run the suite's tests (they would wait for rank 1 in a barrier).
-  EXPECT_NE(o.output.find("[  SKIPPED ] SuiteSetUpFailsOnRankOne.TestItselfPasses: "
-                          "SetUpTestSuite failed on rank 1 of 4"),
+  EXPECT_NE(o.output.find(": Skipped\n[ranks 0, 2, 3 of 4] SetUpTestSuite failed on rank 1 of 4\n"),
             std::string::npos)
       << o.output;
-  EXPECT_NE(o.output.find("[  FAILED  ] SuiteSetUpFailsOnRankOne (suite level) (rank 1 of 4)\n"),
+  EXPECT_NE(o.output.find("[  SKIPPED ] SuiteSetUpFailsOnRankOne.TestItselfPasses ("),
+            std::string::npos)
+      << o.output;
+  EXPECT_NE(o.output.find("[  SKIPPED ] SuiteSetUpFailsOnRankOne.SecondTestPasses ("),
+            std::string::npos)
+      << o.output;
+  EXPECT_EQ(o.output.find("ran although"), std::string::npos) << o.output;
+  EXPECT_NE(o.output.find("[  FAILED  ] SuiteSetUpFailsOnRankOne: SetUpTestSuite or "
+                          "TearDownTestSuite\n"),
+            std::string::npos)
+      << o.output;
+  EXPECT_NE(o.output.find("\nc10dtest: SuiteSetUpFailsOnRankOne (SetUpTestSuite or "
+                          "TearDownTestSuite) failed on rank 1 of 4\n"),
             std::string::npos)
       << o.output;
   EXPECT_LT(o.seconds, 60);
@@ -614,7 +597,7 @@ TEST(TorchrunStyle, PassingSuitePassesOnEveryRank) {
   const Outcome o = run(torchrun(2, "--gtest_filter=Passing.*", tag));
   EXPECT_NE(o.output.find("rank0=0"), std::string::npos) << o.output;
   EXPECT_NE(o.output.find("rank1=0"), std::string::npos) << o.output;
-  EXPECT_NE(o.output.find("on 2 ranks (torchrun)"), std::string::npos) << o.output;
+  EXPECT_NE(o.output.find("Note: c10dtest runs 2 ranks (torchrun)."), std::string::npos) << o.output;
   EXPECT_EQ(processes_tagged(tag), 0);
 }
 
@@ -627,7 +610,7 @@ TEST(TorchrunStyle, GtestFlagsWorkWithoutALauncher) {
   }
   EXPECT_EQ(count(o.output, "[ RUN      ]"), 0) << o.output;
   EXPECT_EQ(count(o.output, "[  PASSED  ] 3 tests."), 2) << o.output;
-  EXPECT_EQ(count(o.output, "[  FAILED  ] Failures.OnlyRankTwoFails on rank 2 of 4"), 2)
+  EXPECT_EQ(count(o.output, "c10dtest: Failures.OnlyRankTwoFails failed on rank 2 of 4\n"), 2)
       << o.output;
   EXPECT_EQ(processes_tagged(tag), 0);
 }
@@ -740,10 +723,13 @@ std::string block_of(const std::string& out, const std::string& test) {
   const std::string start = "[ RUN      ] Planted." + test + "\n";
   const auto b = out.find(start);
   if (b == std::string::npos) return "";
-  auto e = out.find("[ RUN      ]", b + start.size());
-  if (e == std::string::npos) e = out.find("[==========]", b + start.size());
-  static const std::regex timing(R"(\(\d+ ms\)|, first on rank \d+)");
-  return std::regex_replace(out.substr(b, e == std::string::npos ? e : e - b), timing, "");
+  // Up to the next test, suite line or summary, whichever comes first.
+  std::size_t e = std::string::npos;
+  for (const char* next : {"[ RUN      ]", "[----------]", "[==========]"}) {
+    e = std::min(e, out.find(next, b + start.size()));
+  }
+  static const std::regex timing(R"(\(\d+ ms\))");
+  return std::regex_replace(out.substr(b, e == std::string::npos ? e : e - b), timing, "(N ms)");
 }
 
 class PlantedBugs : public ::testing::TestWithParam<int> {};
@@ -770,7 +756,9 @@ TEST_P(PlantedBugs, EachIsCaughtNamingItsKeyAndBothStrategiesAgree) {
               std::string::npos)
         << gathered.output;
   }
+  // Caught: the test failed with each of its needles once, the same way under both strategies.
   int caught = 0;
+  int expected = 0;
   for (const auto& bug : planted_bugs(ranks)) {
     const std::string block = block_of(local.output, bug.test);
     ASSERT_FALSE(block.empty()) << bug.test << " did not run\n" << local.output;
@@ -778,14 +766,20 @@ TEST_P(PlantedBugs, EachIsCaughtNamingItsKeyAndBothStrategiesAgree) {
       EXPECT_NE(block.find("[  SKIPPED ]"), std::string::npos) << block;
       continue;
     }
-    EXPECT_NE(block.find("[  FAILED  ] Planted." + std::string(bug.test) + " on "),
-              std::string::npos)
-        << block;
-    for (const auto& needle : bug.needles) EXPECT_EQ(count(block, needle), 1) << needle << "\n" << block;
+    ++expected;
+    bool ok = block.find("[  FAILED  ] Planted." + std::string(bug.test) + " (N ms)") !=
+              std::string::npos;
+    EXPECT_TRUE(ok) << block;
+    for (const auto& needle : bug.needles) {
+      EXPECT_EQ(count(block, needle), 1) << needle << "\n" << block;
+      ok = ok && count(block, needle) == 1;
+    }
     EXPECT_EQ(block_of(gathered.output, bug.test), block) << "the strategies disagree";
-    ++caught;
+    if (ok && block_of(gathered.output, bug.test) == block) ++caught;
   }
-  EXPECT_GE(caught, ranks >= 2 ? 14 : 10);
+  EXPECT_EQ(caught, expected) << "of " << expected << " planted bugs that can show at " << ranks
+                              << " ranks";
+  EXPECT_EQ(expected, 14) << "the table of planted bugs changed";
 }
 
 INSTANTIATE_TEST_SUITE_P(Ranks, PlantedBugs, ::testing::Values(2, 4),
