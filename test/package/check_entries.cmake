@@ -1,5 +1,6 @@
 # Checks the CTest entries c10dtest_add_test() made in the consumer project, from
-# `ctest --show-only=json-v1` (JSON=<file>): one per world size with PROCESSORS N, labels np<N>
+# `ctest --show-only=json-v1` (JSON=<file>): one per world size, and one per test and world size
+# for the DISCOVER registration (each running its test alone), with PROCESSORS N, labels np<N>
 # and the launcher's name, the TIMEOUT and watchdog asked for, and Open MPI's root and
 # oversubscribe settings exactly where they apply (ROOT=1 when run as root; more ranks than
 # physical cores).
@@ -8,6 +9,9 @@ cmake_host_system_information(RESULT CORES QUERY NUMBER_OF_PHYSICAL_CORES)
 file(READ "${JSON}" json)
 string(JSON count LENGTH "${json}" tests)
 set(expected "consumer_test.np1;consumer_test.mpirun.np2;consumer_test.mpirun.np4;consumer_test.self.np2")
+foreach(test AllReduce.SumsEveryRank AllReduce.ShardedModelMatchesItsReference)
+  list(APPEND expected ${test}.np1 ${test}.np2)
+endforeach()
 set(seen "")
 math(EXPR last "${count} - 1")
 foreach(i RANGE ${last})
@@ -15,12 +19,21 @@ foreach(i RANGE ${last})
   list(APPEND seen ${name})
   string(REGEX MATCH "np([0-9]+)$" _ "${name}")
   set(n ${CMAKE_MATCH_1})
-  string(REGEX MATCH "^consumer_test\\.([a-z]+)\\.np" _ "${name}")
-  set(launcher ${CMAKE_MATCH_1})
-  if(NOT launcher)
+  string(JSON command GET "${json}" tests ${i} command)
+  if(name MATCHES "^consumer_test\\.")
+    string(REGEX MATCH "^consumer_test\\.([a-z]+)\\.np" _ "${name}")
+    set(launcher ${CMAKE_MATCH_1})
+  else()
+    # Discovered: <Suite>.<Test>.np<N>, the default launcher, that test alone.
+    set(launcher mpirun)
+    string(REGEX REPLACE "\\.np[0-9]+$" "" test "${name}")
+    if(NOT command MATCHES "\"--gtest_filter=${test}\"")
+      message(FATAL_ERROR "${name}: does not run ${test} alone: ${command}")
+    endif()
+  endif()
+  if(NOT launcher OR n EQUAL 1)
     set(launcher bare)
   endif()
-  string(JSON command GET "${json}" tests ${i} command)
   if(NOT command MATCHES "--c10dtest_timeout=96")
     message(FATAL_ERROR "${name}: the watchdog is not 4/5 of TIMEOUT 120: ${command}")
   endif()

@@ -56,3 +56,11 @@ ctest --test-dir "$work/build" --show-only=json-v1 >"$work/entries.json"
 cmake -DJSON="$work/entries.json" -DROOT="$([ "$(id -u)" -eq 0 ] && echo 1 || echo 0)" \
   -P "$src/test/package/check_entries.cmake"
 ctest --test-dir "$work/build" --output-on-failure
+# As an IDE reruns one test: exactly that test, at that world size.
+ctest --test-dir "$work/build" -R '^AllReduce\.SumsEveryRank\.np2$' -V >"$work/one.log" 2>&1 ||
+  { cat "$work/one.log"; exit 1; }
+grep -q "100% tests passed, 0 tests failed out of 1$" "$work/one.log" &&
+  grep -q "Running 1 test from 1 test suite\.$" "$work/one.log" &&
+  grep -q "Note: c10dtest runs 2 ranks" "$work/one.log" &&
+  grep -q "\[       OK \] AllReduce\.SumsEveryRank (" "$work/one.log" ||
+  { cat "$work/one.log"; echo "ctest -R AllReduce.SumsEveryRank.np2 did not run that test alone" >&2; exit 1; }
