@@ -18,8 +18,8 @@
 #   C10DTEST_GTEST_SOURCE_DIR  GoogleTest sources when no GTest package is installed (default:
 #                              .googletest-src/ in this checkout, else /usr/src/googletest)
 #   C10DTEST_BUILD_DIR         build directory (default build-gpu)
-#   C10DTEST_BUILD_TYPE        CMAKE_BUILD_TYPE (default RelWithDebInfo, as scripts/build.sh: the
-#                              watchdog tests look for inlined functions in stack traces)
+#   C10DTEST_BUILD_TYPE        CMAKE_BUILD_TYPE (default RelWithDebInfo, as scripts/build.sh;
+#                              every type passes, scripts/test-libtorch2.sh uses Release)
 #   C10DTEST_GPU_CHECK_LOGS    where each step's log goes (default <build dir>/gpu-check)
 #
 # Exit status: 0 every step passed on a GPU; 1 a step failed; 2 the set-up is incomplete (no

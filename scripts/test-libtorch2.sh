@@ -2,8 +2,9 @@
 # c10dtest against LibTorch 2.x, on a machine without a GPU: makes a Debian trixie root with
 # debootstrap (LibTorch 2.6 with Gloo, libgloo-dev, OpenMPI, GoogleTest and python3-torch from
 # Debian), copies this checkout in and runs scripts/gpu-check.sh there. That configures against
-# the Python torch's LibTorch, builds with -Werror, runs every CPU test (CTest without the
-# package checks) and, finding no GPU, skips the CUDA steps and exits 3, which is what this script
+# the Python torch's LibTorch, builds with -Werror in C10DTEST_BUILD_TYPE (Release by default
+# here: CI's run of a build type other than scripts/build.sh's RelWithDebInfo), runs every CPU
+# test (CTest without the package checks) and, finding no GPU, skips the CUDA steps and exits 3, which is what this script
 # expects. Then, when this machine has CUDA headers with nccl.h (/usr/local/cuda/include), the
 # NCCL code path of src/comm/comm.cpp is compiled (not linked) against the headers of Debian's
 # CUDA build of LibTorch 2.6 (libtorch-cuda-dev, unpacked only).
@@ -15,6 +16,7 @@
 #   C10DTEST_TMP          parent of the temporary root (default ${TMPDIR:-/var/tmp}); ~3 GB
 #   C10DTEST_CUDA_INCLUDE CUDA headers for the NCCL compile check (default /usr/local/cuda/include)
 #   C10DTEST_KEEP_ROOT=1  keep the root (its path is printed) for debugging
+#   C10DTEST_BUILD_TYPE   CMAKE_BUILD_TYPE of the build inside (default Release)
 #
 # Needs root (debootstrap, chroot, mounts); re-runs itself with sudo when not root.
 set -euo pipefail
@@ -23,7 +25,7 @@ src=$(pwd)
 
 if [ "$(id -u)" -ne 0 ]; then
   command -v sudo >/dev/null || { echo "c10dtest: need root or sudo (debootstrap, chroot)" >&2; exit 1; }
-  exec sudo --preserve-env=C10DTEST_MIRROR,C10DTEST_TMP,C10DTEST_CUDA_INCLUDE,C10DTEST_KEEP_ROOT,TMPDIR \
+  exec sudo --preserve-env=C10DTEST_MIRROR,C10DTEST_TMP,C10DTEST_CUDA_INCLUDE,C10DTEST_KEEP_ROOT,C10DTEST_BUILD_TYPE,TMPDIR \
     "$src/scripts/test-libtorch2.sh" "$@"
 fi
 
@@ -89,6 +91,7 @@ fi
 stage "scripts/gpu-check.sh inside (LibTorch 2.x build and CPU tests; no GPU)"
 set +e
 chroot "$root" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 \
+  C10DTEST_BUILD_TYPE="${C10DTEST_BUILD_TYPE:-Release}" \
   sh -c 'cd /src && scripts/gpu-check.sh' 2>&1 | tee "$tmp/gpu-check.out"
 rc=${PIPESTATUS[0]}
 set -e
