@@ -7,6 +7,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -226,6 +227,8 @@ class DistributedListener : public ::testing::EmptyTestEventListener {
   // first; and "N more failures not shown" for ranks that had more than travel.
   // True when the ranks agree (every part was every rank's).
   bool print_ranks_parts(const std::vector<RankResult>& results, std::vector<PrintedPart> local);
+  // Rank 0 runs `out` (its printing) unless an ending has claimed the run.
+  void print(const std::function<void()>& out);
   // The ranks of `results` with status `status`.
   static std::vector<int> ranks_with(const std::vector<RankResult>& results, char status);
 

@@ -319,7 +319,18 @@ void Lifeline::close() {
 
 std::string Lifeline::in_progress() const { return report_.in_progress(); }
 
+namespace {
+std::mutex& output_mutex() {
+  static auto* mu = new std::mutex;  // never destroyed: threads may print while the process exits
+  return *mu;
+}
+}  // namespace
+
+OutputTurn::OutputTurn() : lock_(output_mutex()), granted_(!g_claimed.load()) {}
+
 bool Lifeline::claim() {
+  // After any test line being printed now; no test line is printed after it.
+  std::lock_guard<std::mutex> turn(output_mutex());
   bool expected = false;
   return g_claimed.compare_exchange_strong(expected, true);
 }

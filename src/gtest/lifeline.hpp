@@ -43,6 +43,19 @@ class Report;
 // An exit code that travelled as text: a plain number from 0 to 255, else kExitRankDied.
 int parse_exit_code(const std::string& text);
 
+// Rank 0's test output and the run's verdict take turns: the listener prints under a turn,
+// which is refused once an ending has claimed the run (Lifeline::claim takes the same lock), so
+// no test line ever follows the verdict that ended the run.
+class OutputTurn {
+ public:
+  OutputTurn();
+  bool granted() const { return granted_; }
+
+ private:
+  std::unique_lock<std::mutex> lock_;
+  bool granted_;
+};
+
 class Lifeline {
  public:
   // Starts the thread (termination signals are handled from now on). One per process.

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <sstream>
 
 #include "c10dtest/error.hpp"
@@ -54,8 +55,14 @@ DistributedListener::DistributedListener(World& world, Watchdog& watchdog,
                                          std::unique_ptr<::testing::TestEventListener> printer)
     : world_(world), watchdog_(watchdog), printer_(std::move(printer)) {}
 
+void DistributedListener::print(const std::function<void()>& out) {
+  if (!printer_) return;
+  OutputTurn turn;  // nothing after the verdict of a run that is ending
+  if (turn.granted()) out();
+}
+
 void DistributedListener::OnTestProgramStart(const ::testing::UnitTest& unit) {
-  if (printer_) printer_->OnTestProgramStart(unit);
+  print([&] { printer_->OnTestProgramStart(unit); });
 }
 
 void DistributedListener::OnTestIterationStart(const ::testing::UnitTest& unit, int iteration) {
@@ -65,13 +72,14 @@ void DistributedListener::OnTestIterationStart(const ::testing::UnitTest& unit, 
   world_.suite_index_ = -1;
   where_.clear();
   check_test_lists(unit, iteration);
-  if (!printer_) return;
-  // gtest's own lines follow; this one says how many ranks agree on them.
-  if (iteration == 0 && world_.world_size() > 1 && !GTEST_FLAG_GET(brief)) {
-    std::printf("Note: c10dtest runs %d ranks (%s).\n", world_.world_size(),
-                to_string(world_.launch().launcher));
-  }
-  printer_->OnTestIterationStart(unit, iteration);
+  print([&] {
+    // gtest's own lines follow; this one says how many ranks agree on them.
+    if (iteration == 0 && world_.world_size() > 1 && !GTEST_FLAG_GET(brief)) {
+      std::printf("Note: c10dtest runs %d ranks (%s).\n", world_.world_size(),
+                  to_string(world_.launch().launcher));
+    }
+    printer_->OnTestIterationStart(unit, iteration);
+  });
 }
 
 void DistributedListener::check_test_lists(const ::testing::UnitTest& unit, int iteration) {
@@ -165,22 +173,22 @@ void DistributedListener::enter_environment(const ::testing::UnitTest& unit,
 
 void DistributedListener::OnEnvironmentsSetUpStart(const ::testing::UnitTest& unit) {
   enter_environment(unit, "set-up");
-  if (printer_) printer_->OnEnvironmentsSetUpStart(unit);
+  print([&] { printer_->OnEnvironmentsSetUpStart(unit); });
 }
 
 void DistributedListener::OnEnvironmentsSetUpEnd(const ::testing::UnitTest& unit) {
   agree_on_environment(unit, "set-up", true);
-  if (printer_) printer_->OnEnvironmentsSetUpEnd(unit);
+  print([&] { printer_->OnEnvironmentsSetUpEnd(unit); });
 }
 
 void DistributedListener::OnEnvironmentsTearDownStart(const ::testing::UnitTest& unit) {
   enter_environment(unit, "tear-down");
-  if (printer_) printer_->OnEnvironmentsTearDownStart(unit);
+  print([&] { printer_->OnEnvironmentsTearDownStart(unit); });
 }
 
 void DistributedListener::OnEnvironmentsTearDownEnd(const ::testing::UnitTest& unit) {
   agree_on_environment(unit, "tear-down", false);
-  if (printer_) printer_->OnEnvironmentsTearDownEnd(unit);
+  print([&] { printer_->OnEnvironmentsTearDownEnd(unit); });
 }
 
 void DistributedListener::agree_on_environment(const ::testing::UnitTest& unit,
@@ -192,7 +200,8 @@ void DistributedListener::agree_on_environment(const ::testing::UnitTest& unit,
   if (printer_) local = parts_of(ad_hoc, env_from_);
   if (mine.status == 'F') world_.release_process_groups();
   const std::vector<RankResult> results = exchange(world_.test_key(), mine);
-  const bool agreed = printer_ && print_ranks_parts(results, std::move(local));
+  bool agreed = false;
+  print([&] { agreed = print_ranks_parts(results, std::move(local)); });
   // gtest runs the tests after a failed set-up, skips them all after a fatal failure and leaves
   // them out after a skip: every rank takes on what any rank had, so all do the same.
   adopt_failures(results, /*keep_fatal=*/set_up);
@@ -232,16 +241,16 @@ void DistributedListener::OnTestSuiteStart(const ::testing::TestSuite& suite) {
   suite_skip_.clear();
   suite_from_ = 0;
   arm_for_suite(suite.name(), true);
-  if (printer_) printer_->OnTestSuiteStart(suite);
+  print([&] { printer_->OnTestSuiteStart(suite); });
 }
 
 #ifndef GTEST_REMOVE_LEGACY_TEST_CASEAPI_
 void DistributedListener::OnTestCaseStart(const ::testing::TestCase& suite) {
-  if (printer_) printer_->OnTestCaseStart(suite);
+  print([&] { printer_->OnTestCaseStart(suite); });
 }
 
 void DistributedListener::OnTestCaseEnd(const ::testing::TestCase& suite) {
-  if (printer_) printer_->OnTestCaseEnd(suite);
+  print([&] { printer_->OnTestCaseEnd(suite); });
 }
 #endif
 
@@ -256,7 +265,8 @@ void DistributedListener::agree_on_suite_set_up() {
   if (printer_) local = parts_of(ad_hoc, 0);
   suite_set_up_ = gather(world_.test_key() + "/setup", mine);
   suite_from_ = ad_hoc.total_part_count();
-  suite_set_up_agreed_ = printer_ && print_ranks_parts(suite_set_up_, std::move(local));
+  suite_set_up_agreed_ = false;
+  print([&] { suite_set_up_agreed_ = print_ranks_parts(suite_set_up_, std::move(local)); });
   const std::vector<int> failed = ranks_with(suite_set_up_, 'F');
   if (!failed.empty() && mine.status != 'F') {
     suite_skip_ = "SetUpTestSuite failed on " + ranks_text(failed, world_.world_size());
@@ -278,11 +288,11 @@ void DistributedListener::OnTestStart(const ::testing::TestInfo& info) {
   set_current_test_name(name);
   world_.report_->begin(info.test_suite_name(), info.name(), info.file(), info.line(), name);
   watchdog_.arm(name, world_.test_key());
-  if (printer_) printer_->OnTestStart(info);
+  print([&] { printer_->OnTestStart(info); });
 }
 
 void DistributedListener::OnTestDisabled(const ::testing::TestInfo& info) {
-  if (printer_) printer_->OnTestDisabled(info);
+  print([&] { printer_->OnTestDisabled(info); });
 }
 
 void DistributedListener::OnTestPartResult(const ::testing::TestPartResult& part) {
@@ -369,7 +379,8 @@ void DistributedListener::OnTestEnd(const ::testing::TestInfo& info) {
     }
   }
   // Rank 0 prints every rank's parts before it takes on the others' (which would repeat them).
-  const bool agreed = printer_ && print_ranks_parts(results, parts_of(*info.result(), 0));
+  bool agreed = false;
+  print([&] { agreed = print_ranks_parts(results, parts_of(*info.result(), 0)); });
   const std::vector<int> failing = ranks_with(results, 'F');
   const std::vector<int> skipping = ranks_with(results, 'S');
   const bool any_failed = !failing.empty() || info.result()->Failed();
@@ -397,7 +408,7 @@ void DistributedListener::OnTestEnd(const ::testing::TestInfo& info) {
   world_.report_->write();
   begin_next(info);
   if (any_failed) world_.rebuild_process_groups();
-  if (printer_) printer_->OnTestEnd(info);
+  print([&] { printer_->OnTestEnd(info); });
   arm_for_suite(info.test_suite_name(), false);
 }
 
@@ -410,8 +421,9 @@ void DistributedListener::OnTestSuiteEnd(const ::testing::TestSuite& suite) {
   if (printer_) local = parts_of(ad_hoc, suite_from_);
   if (mine.status == 'F') world_.release_process_groups();
   const std::vector<RankResult> results = exchange(world_.test_key(), mine);
-  const bool agreed = printer_ && print_ranks_parts(results, std::move(local)) &&
-                      (suite_set_up_.empty() || suite_set_up_agreed_);
+  bool agreed = false;
+  print([&] { agreed = print_ranks_parts(results, std::move(local)); });
+  agreed = agreed && (suite_set_up_.empty() || suite_set_up_agreed_);
   std::vector<int> failing;
   for (int r = 0; r < world_.world_size(); ++r) {
     const auto i = static_cast<std::size_t>(r);
@@ -431,7 +443,7 @@ void DistributedListener::OnTestSuiteEnd(const ::testing::TestSuite& suite) {
                        ranks_text(failing, world_.world_size()));
     }
   }
-  if (printer_) printer_->OnTestSuiteEnd(suite);
+  print([&] { printer_->OnTestSuiteEnd(suite); });
   std::fflush(stdout);
   watchdog_.disarm();
   set_current_test_name("");
@@ -441,15 +453,16 @@ void DistributedListener::OnTestIterationEnd(const ::testing::UnitTest& unit, in
   world_.report_->add_unit_failure(unit.ad_hoc_test_result());
   world_.report_->write(/*force=*/true);
   world_.report_->begin("c10dtest", "shutdown", "", 0, "shutdown");
-  if (!printer_) return;
-  printer_->OnTestIterationEnd(unit, iteration);
-  // gtest's summary names the tests; this names the ranks, where they did not all agree.
-  for (const auto& w : where_) std::printf("c10dtest: %s\n", w.c_str());
-  std::fflush(stdout);
+  print([&] {
+    printer_->OnTestIterationEnd(unit, iteration);
+    // gtest's summary names the tests; this names the ranks, where they did not all agree.
+    for (const auto& w : where_) std::printf("c10dtest: %s\n", w.c_str());
+    std::fflush(stdout);
+  });
 }
 
 void DistributedListener::OnTestProgramEnd(const ::testing::UnitTest& unit) {
-  if (printer_) printer_->OnTestProgramEnd(unit);
+  print([&] { printer_->OnTestProgramEnd(unit); });
 }
 
 }  // namespace c10dtest::detail

@@ -66,6 +66,9 @@ TEST_F(WorldBasics, BarrierWaitsForTheLastRank) {
   if (rank() == last) {
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
     cp.set(key, "1");
+    // A c10d store's set() does not wait for the store's answer; a read on the same connection
+    // does, so the key is in the store before this rank reaches the barrier.
+    ASSERT_TRUE(cp.check({key}));
   }
   barrier();
   EXPECT_TRUE(cp.check({key})) << "left the barrier before rank " << last << " reached it";
