@@ -56,6 +56,14 @@ ctest --test-dir "$work/build" --show-only=json-v1 >"$work/entries.json"
 cmake -DJSON="$work/entries.json" -DROOT="$([ "$(id -u)" -eq 0 ] && echo 1 || echo 0)" \
   -P "$src/test/package/check_entries.cmake"
 ctest --test-dir "$work/build" --output-on-failure
+# What an IDE lists: `ctest -N` names the per-test entries.
+ctest --test-dir "$work/build" -N >"$work/list.log"
+for t in AllReduce.SumsEveryRank AllReduce.ShardedModelMatchesItsReference; do
+  for n in 1 2; do
+    grep -qE "Test +#[0-9]+: $t\.np$n\$" "$work/list.log" ||
+      { cat "$work/list.log"; echo "ctest -N does not list $t.np$n" >&2; exit 1; }
+  done
+done
 # As an IDE reruns one test: exactly that test, at that world size.
 ctest --test-dir "$work/build" -R '^AllReduce\.SumsEveryRank\.np2$' -V >"$work/one.log" 2>&1 ||
   { cat "$work/one.log"; exit 1; }
