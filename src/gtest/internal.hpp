@@ -223,10 +223,16 @@ class DistributedListener : public ::testing::EmptyTestEventListener {
   // `keep_fatal`: a fatal failure stays fatal (else every failure is taken as non-fatal).
   void adopt_failures(const std::vector<RankResult>& results, bool keep_fatal = false);
   void check_test_lists(const ::testing::UnitTest& unit, int iteration);
-  // Rank 0: every rank's parts (rank 0's own from `local`, whole), the rank that failed first
-  // first; and "N more failures not shown" for ranks that had more than travel.
-  // True when the ranks agree (every part was every rank's).
-  bool print_ranks_parts(const std::vector<RankResult>& results, std::vector<PrintedPart> local);
+  // Rank 0: every rank's parts (its own whole, from `mine` at its `from`th part on), the rank
+  // that failed first first; and "N more failures not shown" for ranks that had more than
+  // travel. Called before the others' failures are adopted. True when the ranks agree (every
+  // part was every rank's).
+  bool print_ranks_parts(const std::vector<RankResult>& results,
+                         const ::testing::TestResult& mine, int from);
+  // Records a skip of the `skipping` ranks' first (at its place) on this rank, with its reason
+  // and ranks when `say_why`.
+  void adopt_skip(const std::vector<RankResult>& results, const std::vector<int>& skipping,
+                  bool say_why);
   // Rank 0 runs `out` (its printing) unless an ending has claimed the run.
   void print(const std::function<void()>& out);
   // The ranks of `results` with status `status`.

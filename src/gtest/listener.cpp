@@ -196,26 +196,18 @@ void DistributedListener::agree_on_environment(const ::testing::UnitTest& unit,
   const std::string name = "global test environment " + what;
   const ::testing::TestResult& ad_hoc = unit.ad_hoc_test_result();
   const RankResult mine = result_of(name, ad_hoc, 0, env_from_);
-  std::vector<PrintedPart> local;
-  if (printer_) local = parts_of(ad_hoc, env_from_);
   if (mine.status == 'F') world_.release_process_groups();
   const std::vector<RankResult> results = exchange(world_.test_key(), mine);
   bool agreed = false;
-  print([&] { agreed = print_ranks_parts(results, std::move(local)); });
+  print([&] { agreed = print_ranks_parts(results, ad_hoc, env_from_); });
   // gtest runs the tests after a failed set-up, skips them all after a fatal failure and leaves
   // them out after a skip: every rank takes on what any rank had, so all do the same.
   adopt_failures(results, /*keep_fatal=*/set_up);
   const std::vector<int> failing = ranks_with(results, 'F');
   const std::vector<int> skipping = ranks_with(results, 'S');
   if (set_up && !skipping.empty() && mine.status != 'S') {
-    const RankResult& first = results[static_cast<std::size_t>(skipping.front())];
     // gtest prints a skipped set-up's messages itself, on every rank: the other ranks' is empty.
-    const std::string why = world_.rank() != 0 ? std::string()
-                                               : "skipped on " +
-                                                     ranks_text(skipping, world_.world_size()) +
-                                                     ": " + first.skip_message;
-    GTEST_MESSAGE_AT_(first.skip_file.empty() ? nullptr : first.skip_file.c_str(),
-                      first.skip_line, why.c_str(), ::testing::TestPartResult::kSkip);
+    adopt_skip(results, skipping, /*say_why=*/world_.rank() == 0);
   }
   if (printer_ && !failing.empty() && !agreed) {
     where_.push_back("the " + name + " failed on " + ranks_text(failing, world_.world_size()));
@@ -261,12 +253,10 @@ void DistributedListener::agree_on_suite_set_up() {
   if (suite == nullptr) return;
   const ::testing::TestResult& ad_hoc = suite->ad_hoc_test_result();
   const RankResult mine = result_of(std::string(suite->name()) + " (SetUpTestSuite)", ad_hoc, 0);
-  std::vector<PrintedPart> local;
-  if (printer_) local = parts_of(ad_hoc, 0);
   suite_set_up_ = gather(world_.test_key() + "/setup", mine);
   suite_from_ = ad_hoc.total_part_count();
   suite_set_up_agreed_ = false;
-  print([&] { suite_set_up_agreed_ = print_ranks_parts(suite_set_up_, std::move(local)); });
+  print([&] { suite_set_up_agreed_ = print_ranks_parts(suite_set_up_, ad_hoc, 0); });
   const std::vector<int> failed = ranks_with(suite_set_up_, 'F');
   if (!failed.empty() && mine.status != 'F') {
     suite_skip_ = "SetUpTestSuite failed on " + ranks_text(failed, world_.world_size());
@@ -340,12 +330,24 @@ void DistributedListener::adopt_failures(const std::vector<RankResult>& results,
   }
 }
 
+void DistributedListener::adopt_skip(const std::vector<RankResult>& results,
+                                     const std::vector<int>& skipping, bool say_why) {
+  const RankResult& first = results[static_cast<std::size_t>(skipping.front())];
+  const std::string why = say_why ? "skipped on " + ranks_text(skipping, world_.world_size()) +
+                                        ": " + first.skip_message
+                                  : std::string();
+  GTEST_MESSAGE_AT_(first.skip_file.empty() ? nullptr : first.skip_file.c_str(),
+                    first.skip_line, why.c_str(), ::testing::TestPartResult::kSkip);
+}
+
 bool DistributedListener::print_ranks_parts(const std::vector<RankResult>& results,
-                                            std::vector<PrintedPart> local) {
+                                            const ::testing::TestResult& mine, int from) {
   const int size = world_.world_size();
-  std::vector<std::vector<PrintedPart>> by_rank(results.size());
-  by_rank[0] = std::move(local);
-  for (int r = 1; r < size; ++r) by_rank[static_cast<std::size_t>(r)] = parts_of(results[static_cast<std::size_t>(r)]);
+  // Rank 0's own parts whole, from its result; the others' as they travelled.
+  std::vector<std::vector<PrintedPart>> by_rank;
+  by_rank.reserve(results.size());
+  by_rank.push_back(parts_of(mine, from));
+  for (std::size_t r = 1; r < results.size(); ++r) by_rank.push_back(parts_of(results[r]));
   // The rank that failed first (usually the cause) is printed first.
   std::vector<int> order(static_cast<std::size_t>(size));
   for (int r = 0; r < size; ++r) order[static_cast<std::size_t>(r)] = r;
@@ -380,7 +382,7 @@ void DistributedListener::OnTestEnd(const ::testing::TestInfo& info) {
   }
   // Rank 0 prints every rank's parts before it takes on the others' (which would repeat them).
   bool agreed = false;
-  print([&] { agreed = print_ranks_parts(results, parts_of(*info.result(), 0)); });
+  print([&] { agreed = print_ranks_parts(results, *info.result(), 0); });
   const std::vector<int> failing = ranks_with(results, 'F');
   const std::vector<int> skipping = ranks_with(results, 'S');
   const bool any_failed = !failing.empty() || info.result()->Failed();
@@ -388,10 +390,7 @@ void DistributedListener::OnTestEnd(const ::testing::TestInfo& info) {
   adopt_failures(results);
   // A test skipped on some ranks did not run everywhere: it is skipped everywhere, never passed.
   if (!any_failed && !skipping.empty() && mine.status != 'S') {
-    const RankResult& first = results[static_cast<std::size_t>(skipping.front())];
-    const std::string why = "skipped on " + ranks_text(skipping, size) + ": " + first.skip_message;
-    GTEST_MESSAGE_AT_(first.skip_file.empty() ? nullptr : first.skip_file.c_str(),
-                      first.skip_line, why.c_str(), ::testing::TestPartResult::kSkip);
+    adopt_skip(results, skipping, /*say_why=*/true);
   }
   // Rank 0 names the ranks in a summary after gtest's where they did not agree.
   if (printer_ && !agreed && !failing.empty()) {
@@ -417,12 +416,10 @@ void DistributedListener::OnTestSuiteEnd(const ::testing::TestSuite& suite) {
   const ::testing::TestResult& ad_hoc = suite.ad_hoc_test_result();
   // SetUpTestSuite's parts were exchanged and printed at the first test: TearDownTestSuite's.
   const RankResult mine = result_of(name, ad_hoc, 0, suite_from_);
-  std::vector<PrintedPart> local;
-  if (printer_) local = parts_of(ad_hoc, suite_from_);
   if (mine.status == 'F') world_.release_process_groups();
   const std::vector<RankResult> results = exchange(world_.test_key(), mine);
   bool agreed = false;
-  print([&] { agreed = print_ranks_parts(results, std::move(local)); });
+  print([&] { agreed = print_ranks_parts(results, ad_hoc, suite_from_); });
   agreed = agreed && (suite_set_up_.empty() || suite_set_up_agreed_);
   std::vector<int> failing;
   for (int r = 0; r < world_.world_size(); ++r) {
