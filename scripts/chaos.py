@@ -71,10 +71,10 @@ STOPCONT_AFTER = 6
 ORPHAN_WAIT = 5.0    # seconds after the run's end before a tagged process is an orphan
 POLL = 0.01
 
-SUMMARY_RE = re.compile(r"^\[==========\] .* ran\b")  # not "Running ... on 4 ranks"
+SUMMARY_RE = re.compile(r"^\[==========\] .* ran\b")  # the closing summary, not "Running ..."
 RUN_RE = re.compile(r"\[ RUN      \] Chaos\.(\w+)")
 OK_RE = re.compile(r"\[       OK \] Chaos\.(\w+) \(")
-FAILED_RE = re.compile(r"\[  FAILED  \] Chaos\.(\w+) on ")
+FAILED_RE = re.compile(r"^\[  FAILED  \] Chaos\.(\w+) \(", re.M)
 DEAD_RE = re.compile(r"\[  DEAD    \] rank (\d+) of")
 TIMEOUT_RE = re.compile(r"\[  TIMEOUT \] .* on ranks? ([0-9, ]+) of")
 
