@@ -15,6 +15,8 @@
 #   C10DTEST_GLOO_INCLUDE_DIR  gloo headers (default: .gloo-include/ in this checkout, else the
 #                              system's /usr/include/gloo). torch wheels ship none; Debian's
 #                              libgloo-dev headers work (copy /usr/include/gloo to .gloo-include/)
+#   C10DTEST_JSON_INCLUDE_DIR  nlohmann/json.hpp's directory (default: .json-include/, else
+#                              /usr/include); copy Debian's /usr/include/nlohmann to .json-include/
 #   C10DTEST_GTEST_SOURCE_DIR  GoogleTest sources when no GTest package is installed (default:
 #                              .googletest-src/ in this checkout, else /usr/src/googletest)
 #   C10DTEST_BUILD_DIR         build directory (default build-gpu)
@@ -72,11 +74,19 @@ if [ -z "$gloo" ]; then
 fi
 [ -n "$gloo" ] || die "no gloo headers: copy Debian's /usr/include/gloo (libgloo-dev) to $src/.gloo-include/gloo, or set C10DTEST_GLOO_INCLUDE_DIR"
 
+json=${C10DTEST_JSON_INCLUDE_DIR:-}
+if [ -z "$json" ]; then
+  if [ -f "$src/.json-include/nlohmann/json.hpp" ]; then json=$src/.json-include
+  elif [ -f /usr/include/nlohmann/json.hpp ]; then json=/usr/include
+  fi
+fi
+[ -n "$json" ] || die "no nlohmann/json.hpp: copy Debian's /usr/include/nlohmann (nlohmann-json3-dev) to $src/.json-include/nlohmann, or set C10DTEST_JSON_INCLUDE_DIR"
+
 cmake_args=(-DCMAKE_PREFIX_PATH="$torch_prefix" -DCMAKE_BUILD_TYPE="${C10DTEST_BUILD_TYPE-RelWithDebInfo}"
             -DC10DTEST_WERROR=ON
             -DCMAKE_EXPORT_COMPILE_COMMANDS=ON
             -DC10DTEST_BUILD_BENCH=OFF -DC10DTEST_INSTALL=OFF
-            -DC10DTEST_GLOO_INCLUDE_DIR="$gloo")
+            -DC10DTEST_GLOO_INCLUDE_DIR="$gloo" -DC10DTEST_JSON_INCLUDE_DIR="$json")
 if [ "$torch_cuda" != none ]; then
   cmake_args+=(-DC10DTEST_WITH_NCCL=ON)
   [ "$nccl_include" != none ] && cmake_args+=(-DC10DTEST_NCCL_INCLUDE_DIR="$nccl_include")

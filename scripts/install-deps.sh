@@ -5,7 +5,7 @@
 set -euo pipefail
 
 packages=(g++ make cmake git libtorch-dev libgloo-dev libopenmpi-dev openmpi-bin python3
-          libgtest-dev libgmock-dev)
+          libgtest-dev libgmock-dev nlohmann-json3-dev)
 if [ $# -gt 0 ]; then
   packages=("$@")
 fi

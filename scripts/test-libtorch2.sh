@@ -5,7 +5,8 @@
 # the Python torch's LibTorch, builds with -Werror in C10DTEST_BUILD_TYPE (Release by default
 # here: CI's run of a build type other than scripts/build.sh's RelWithDebInfo), runs every CPU
 # test (CTest without the package checks) and, finding no GPU, skips the CUDA steps and exits 3, which is what this script
-# expects. Then, when this machine has CUDA headers with nccl.h (/usr/local/cuda/include), the
+# expects. Then scripts/test-interop.sh checks state-dict files both ways against Debian's
+# python3-torch and python3-safetensors. Then, when this machine has CUDA headers with nccl.h (/usr/local/cuda/include), the
 # NCCL code path of src/comm/comm.cpp is compiled (not linked) against the headers of Debian's
 # CUDA build of LibTorch 2.6 (libtorch-cuda-dev, unpacked only).
 #
@@ -37,7 +38,7 @@ stage_done() { timings+=("$(printf '%-22s %5ss' "$1" $((SECONDS - stage_start)))
 
 mirror=${C10DTEST_MIRROR:-http://deb.debian.org/debian}
 packages=(libtorch-dev libgloo-dev libopenmpi-dev openmpi-bin libgtest-dev libgmock-dev cmake g++
-          make python3-torch ca-certificates)
+          make python3-torch python3-safetensors python3-setuptools nlohmann-json3-dev ca-certificates)
 
 # --- tools on this machine ----------------------------------------------------------------------
 scripts/install-deps.sh debootstrap debian-archive-keyring
@@ -104,6 +105,13 @@ fi
 for s in nccl-np1 gloo-cuda-np4 nccl-np2-one-gpu; do
   grep -Eq "^$s +SKIP +no GPU visible" "$summary" || { log "FAILED: $s was not reported as skipped"; exit 1; }
 done
+
+# --- state dicts between real PyTorch 2.6 and c10dtest (torch.save and safetensors) -------------
+stage "scripts/test-interop.sh inside (PyTorch writes, C++ verifies at 1, 2, 4 ranks, and back)"
+chroot "$root" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 \
+  sh -c 'cd /src && scripts/test-interop.sh build-gpu' ||
+  { log "FAILED: scripts/test-interop.sh"; exit 1; }
+stage_done interop
 
 # --- the NCCL code path, compiled against LibTorch 2.6's CUDA headers -------------------------------
 # Debian's CPU LibTorch lacks the CUDA build's generated headers (c10/cuda/impl/
