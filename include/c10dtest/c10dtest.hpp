@@ -17,5 +17,6 @@
 #include "c10dtest/placement.hpp"
 #include "c10dtest/sharded_tensor.hpp"
 #include "c10dtest/state_dict.hpp"
+#include "c10dtest/state_dict_file.hpp"
 #include "c10dtest/verify.hpp"
 #include "c10dtest/world.hpp"

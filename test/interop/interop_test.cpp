@@ -264,6 +264,15 @@ TEST_F(Interop, CompositeParamModelTrainedInCppMatchesPythonsFiles) {
   for (const char* k : {"lr", "betas", "eps", "weight_decay", "amsgrad"}) {
     EXPECT_EQ(pg.at(k).summary(), cg.at(k).summary()) << k;
   }
+  // verify_osd against PyTorch's file as it is: everything matches but the step's type and the
+  // hyperparameters LibTorch's Adam has not (docs/files.md).
+  const auto whole = c10dtest::detail::verify_osd_impl(
+      *t.model, *t.optim, c10dtest::read_state_dict(in("composite_osd.pt")), shard(cpp_osd), {});
+  EXPECT_FALSE(whole);
+  const std::string why = whole.message();
+  EXPECT_NE(why.find("step"), std::string::npos) << why;
+  EXPECT_EQ(why.find("exp_avg"), std::string::npos) << why;
+  if (rank() == 0) std::cout << "verify_osd against PyTorch's own file:\n" << why << "\n";
   // The safetensors copy: flat "state.<id>.<name>" tensors.
   const StateDict flat = c10dtest::read_state_dict(in("composite_osd.safetensors"));
   std::vector<std::string> fqns;
