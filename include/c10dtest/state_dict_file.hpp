@@ -7,10 +7,10 @@
 //
 //   c10dtest::write_state_dict("out.pt", gather_state_dict(sd), c10dtest::FileFormat::kTorchSave);
 //
-// safetensors files are memory-mapped: a tensor read from one costs no memory until its bytes
-// are read, so a rank that verifies its shards against a large reference touches only the slices
-// of its own shards (the shard-local strategy reads nothing else). torch.save files are read
-// whole (LibTorch's unpickler takes the file's bytes). What each format keeps is in docs/files.md.
+// Both formats are memory-mapped: a tensor read from a file costs no memory until its bytes are
+// read, so a rank that verifies its shards against a large reference touches only the slices of
+// its own shards (the shard-local strategy reads nothing else). What each format keeps is in
+// docs/files.md.
 #pragma once
 
 #include <map>
@@ -41,11 +41,12 @@ const char* to_string(FileFormat format);
 
 struct ReadFileOptions {
   FileFormat format = FileFormat::kAuto;
-  // safetensors: tensors point into a private, copy-on-write mapping of the file (writing to
-  // them never changes the file). The mapping lives as long as any tensor read from it. A
-  // tensor whose data is not aligned to its element size is copied. false: every tensor is
-  // copied into memory of its own at once (use it when the file may be truncated or replaced
-  // while tensors read from it are alive: a mapped page that is gone is a SIGBUS).
+  // Tensors point into a private, copy-on-write mapping of the file (writing to them never
+  // changes the file). The mapping lives as long as any tensor read from it. A tensor whose data
+  // is not aligned to its element size (or a compressed torch.save record) is copied. false:
+  // every tensor is copied into memory of its own at once (use it when the file may be
+  // truncated or rewritten in place while tensors read from it are alive: a mapped page that is
+  // gone is a SIGBUS).
   bool map = true;
   // safetensors: values that write_state_dict kept in the metadata (non-tensor values) are
   // restored under their keys. false: only the tensors.

@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <limits>
 #include <memory>
 #include <random>
 
@@ -75,14 +76,6 @@ struct File {
   }
 };
 
-// A private, copy-on-write mapping of a whole file; unmapped when the last tensor using it goes.
-struct Mapping {
-  void* base = MAP_FAILED;
-  std::size_t size = 0;
-  ~Mapping() {
-    if (base != MAP_FAILED) ::munmap(base, size);
-  }
-};
 
 // ----------------------------------------------------------------------------------------------
 // Non-tensor values in safetensors metadata: {"path": {"int": 5}, ...}, types kept.
@@ -169,27 +162,21 @@ StateDictFile read_safetensors(const std::string& path, const File& file,
       st::parse(path, prefix.data(), prefix.size(), file.size, options.max_header_bytes);
   out.metadata = h.metadata;
 
-  std::shared_ptr<Mapping> mapping;
-  if (options.map && file.size > h.data_start) {
-    mapping = std::make_shared<Mapping>();
-    mapping->size = static_cast<std::size_t>(file.size);
-    mapping->base =
-        ::mmap(nullptr, mapping->size, PROT_READ | PROT_WRITE, MAP_PRIVATE, file.fd, 0);
-    if (mapping->base == MAP_FAILED) fail(path, "cannot map: " + errno_text(errno));
-  }
+  std::shared_ptr<detail::FileMapping> mapping;
+  if (options.map && file.size > h.data_start) mapping = detail::map_file(path, file.fd, file.size);
   for (const auto& e : h.tensors) {
     const auto options_t = at::TensorOptions().dtype(e.dtype);
     const std::uint64_t bytes = e.end - e.begin;
     const std::uint64_t at_byte = h.data_start + e.begin;
     at::Tensor t;
     if (mapping && bytes > 0 && at_byte % c10::elementSize(e.dtype) == 0) {
-      char* p = static_cast<char*>(mapping->base) + at_byte;
+      char* p = mapping->data + at_byte;
       t = at::from_blob(p, e.shape, [keep = mapping](void*) {}, options_t);
     } else {
       t = at::empty(e.shape, options_t);
       if (bytes > 0) {
         if (mapping) {
-          std::memcpy(t.data_ptr(), static_cast<char*>(mapping->base) + at_byte, bytes);
+          std::memcpy(t.data_ptr(), mapping->data + at_byte, bytes);
         } else {
           file.read_at(path, at_byte, static_cast<char*>(t.data_ptr()), bytes);
         }
@@ -355,6 +342,28 @@ bool ends_with(const std::string& s, const std::string& tail) {
 
 }  // namespace
 
+namespace detail {
+
+FileMapping::~FileMapping() {
+  if (data != nullptr) ::munmap(data, static_cast<std::size_t>(size));
+}
+
+std::shared_ptr<FileMapping> map_file(const std::string& path, int fd, std::uint64_t size) {
+  auto m = std::make_shared<FileMapping>();
+  if (size == 0) return m;
+  if (size > static_cast<std::uint64_t>(std::numeric_limits<std::size_t>::max())) {
+    fail(path, "too large to map");
+  }
+  void* p = ::mmap(nullptr, static_cast<std::size_t>(size), PROT_READ | PROT_WRITE, MAP_PRIVATE,
+                   fd, 0);
+  if (p == MAP_FAILED) fail(path, "cannot map: " + errno_text(errno));
+  m->data = static_cast<char*>(p);
+  m->size = size;
+  return m;
+}
+
+}  // namespace detail
+
 const char* to_string(FileFormat format) {
   switch (format) {
     case FileFormat::kAuto: return "auto";
@@ -373,7 +382,7 @@ StateDictFile read_state_dict_file(const std::string& path, const ReadFileOption
   if (format == FileFormat::kTorchSave) {
     StateDictFile out;
     out.format = FileFormat::kTorchSave;
-    out.state_dict = detail::read_torch_save(path);
+    out.state_dict = detail::read_torch_save(path, options.map);
     return out;
   }
   if (options.format == FileFormat::kAuto && is_legacy_pickle(file, path)) {

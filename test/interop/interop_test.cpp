@@ -19,6 +19,8 @@
 #include <fstream>
 #include <sstream>
 
+#include <unistd.h>
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -190,6 +192,32 @@ TEST_F(Interop, PlantedDifferenceInOneShardIsCaughtAndNamed) {
     }
     EXPECT_EQ(msg.find("'f64'"), std::string::npos) << msg;
   }
+}
+
+// PyTorch's own torch.save archives are used in place too (stored records, 64-byte aligned): a
+// change made to a copy of the file in place shows through the mapped tensor.
+TEST_F(Interop, PyTorchsArchivesAreMappedNotCopied) {
+  const std::string copy =
+      (fs::temp_directory_path() / ("c10dtest-marker-" + std::to_string(::getpid()) + ".pt")).string();
+  fs::copy_file(in("marker.pt"), copy, fs::copy_options::overwrite_existing);
+  const at::Tensor w = c10dtest::read_state_dict(copy).at("w").as<at::Tensor>();
+  EXPECT_EQ(w[7].item<float>(), 1234.5f);
+  std::string bytes;
+  {
+    std::ifstream f(copy, std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(f), {});
+  }
+  const float marker = 1234.5f;
+  const std::string pattern(reinterpret_cast<const char*>(&marker), sizeof marker);
+  for (auto at = bytes.find(pattern); at != std::string::npos; at = bytes.find(pattern, at + 4)) {
+    bytes.replace(at, 4, std::string(4, '\0'));
+  }
+  {
+    std::fstream f(copy, std::ios::in | std::ios::out | std::ios::binary);
+    f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  }
+  EXPECT_EQ(w[100].item<float>(), 0.0f) << "the storage was copied, not mapped";
+  fs::remove(copy);
 }
 
 TEST_F(Interop, FusionEmbeddingWithHookMatchesPythonsKeysAndValues) {

@@ -11,6 +11,7 @@ OUT_DIR gets:
   composite_init.pt, composite_inputs.pt
   composite_msd.{pt,safetensors}, composite_osd.{pt,safetensors}
                                        CompositeParamModel after STEPS Adam steps from init
+  marker.pt                            {"w": 4096 x 1234.5}: interop_test checks that it maps
   diff/<k>.ref.pt, diff/<k>.dist.pt, diff/verdicts.txt
                                        "<k> <kind> pass|fail": _verify_msd(ref, dist)
 """
@@ -151,6 +152,7 @@ def main():
     torch.save(fusion.state_dict(), f"{a.out}/fusion.pt")
     save_file(fusion.state_dict(), f"{a.out}/fusion.safetensors")
     composite(a.out)
+    torch.save({"w": torch.full((4096,), 1234.5)}, f"{a.out}/marker.pt")
     lines = diff_cases(a.out, a.seed, a.cases)
     passed = sum(1 for l in lines if l.endswith("pass"))
     print(f"make_reference: torch {torch.__version__}: files in {a.out}; {len(lines)} differential "

@@ -209,6 +209,37 @@ TEST_F(FileTest, SafetensorsDataIsAlignedAndMappedCopyOnWrite) {
   EXPECT_EQ(kept[999].item<float>(), 999.0f);
 }
 
+// Mapped, not copied, in both formats: a page not yet written to shows the file's bytes, so a
+// change made to the file in place (the documented hazard) shows through a mapped tensor and not
+// through a copied one.
+TEST_F(FileTest, BothFormatsMapTheirTensorData) {
+  const float marker = 1234.5f;
+  StateDict sd;
+  sd.insert("w", at::full({4096}, marker));
+  for (const char* name : {"m.pt", "m.safetensors"}) {
+    SCOPED_TRACE(name);
+    c10dtest::write_state_dict(path(name), sd);
+    c10dtest::ReadFileOptions copied;
+    copied.map = false;
+    const at::Tensor mapped = c10dtest::read_state_dict(path(name)).at("w").as<at::Tensor>();
+    const at::Tensor copy = c10dtest::read_state_dict(path(name), copied).at("w").as<at::Tensor>();
+    std::string bytes = bytes_of(path(name));
+    const std::string pattern(reinterpret_cast<const char*>(&marker), sizeof marker);
+    std::size_t replaced = 0;
+    for (auto at = bytes.find(pattern); at != std::string::npos; at = bytes.find(pattern, at + 4)) {
+      bytes.replace(at, 4, std::string(4, '\0'));
+      ++replaced;
+    }
+    EXPECT_EQ(replaced, 4096u);
+    {
+      std::fstream f(path(name), std::ios::in | std::ios::out | std::ios::binary);  // in place
+      f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    }
+    EXPECT_EQ(mapped[100].item<float>(), 0.0f) << "not mapped";
+    EXPECT_EQ(copy[100].item<float>(), marker);
+  }
+}
+
 TEST_F(FileTest, WritingAFailingDictLeavesNoFile) {
   StateDict sd;
   sd.insert("ok", at::ones({2}));
