@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds c10dtest's child suites and driver with a sanitizer and runs the driver (every fault the
-# framework handles: failures, hangs, crashes, deaths, stops) and a few chaos iterations, then
-# fails if any child reported a sanitizer finding.
+# framework handles: failures, hangs, crashes, deaths, stops) and a few chaos iterations (and,
+# for address, the file readers' malformed-file and fuzz tests), then fails if any child
+# reported a sanitizer finding.
 # Usage: scripts/sanitize.sh thread|address [gtest filter for the driver]
 #   thread    -fsanitize=thread             (build-tsan/)
 #   address   -fsanitize=address,undefined  (build-asan/)
@@ -21,7 +22,10 @@ start=$SECONDS
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DC10DTEST_WERROR=ON \
   "-DCMAKE_CXX_FLAGS=$flags -fno-omit-frame-pointer" \
   "-DCMAKE_EXE_LINKER_FLAGS=$flags" "-DCMAKE_SHARED_LINKER_FLAGS=$flags" >/dev/null
-cmake --build "$build" -j "$(nproc)" --target driver_test child_suite planted_bugs chaos_suite
+targets=(driver_test child_suite planted_bugs chaos_suite)
+# The file readers parse untrusted bytes: their fuzz test runs under AddressSanitizer + UBSan.
+[ "$kind" = address ] && targets+=(file_format_test)
+cmake --build "$build" -j "$(nproc)" --target "${targets[@]}"
 echo "sanitize.sh: built in $((SECONDS - start)) s"
 
 logs=$PWD/$build/sanitizer-logs
@@ -37,6 +41,9 @@ export ASAN_OPTIONS="log_path=$logs/asan:detect_leaks=0:$signals"
 export UBSAN_OPTIONS="log_path=$logs/ubsan:print_stacktrace=1"
 status=0
 "$build/test/driver_test" --gtest_filter="$filter" --gtest_color=no || status=$?
+if [ "$kind" = address ] && [ "$filter" = "*" ]; then
+  "$build/test/file_format_test" --gtest_color=no --gtest_brief=1 || status=$?
+fi
 if command -v python3 >/dev/null && [ "$filter" = "*" ]; then
   python3 scripts/chaos.py --build "$build" --iterations 6 --seed 3 || status=$?
 fi

@@ -226,7 +226,7 @@ class Unpickler {
  public:
   Unpickler(const char* data, std::size_t size,
             std::function<at::Tensor(const std::string&, c10::ScalarType, std::int64_t)> storage)
-      : p_(data), end_(data + size), load_storage_(std::move(storage)) {}
+      : begin_(data), p_(data), end_(data + size), load_storage_(std::move(storage)) {}
 
   PyPtr run() {
     while (true) {
@@ -333,8 +333,6 @@ class Unpickler {
       }
     }
   }
-
-  void set_begin(const char* b) { begin_ = b; }
 
  private:
   char byte() {
@@ -519,7 +517,7 @@ class Unpickler {
     return s + "]";
   }
 
-  const char* begin_ = nullptr;
+  const char* begin_;
   const char* p_;
   const char* end_;
   std::function<at::Tensor(const std::string&, c10::ScalarType, std::int64_t)> load_storage_;
@@ -783,7 +781,6 @@ StateDict read_torch_save(const std::string& file, bool map) {
   PyPtr root;
   try {
     Unpickler u(pickle.data(), pickle.size(), load_storage);
-    u.set_begin(pickle.data());
     root = u.run();
   } catch (const PickleError& e) {
     throw fail(std::string("data.pkl: ") + e.what());

@@ -256,6 +256,17 @@ TEST_F(FileTest, WritingAFailingDictLeavesNoFile) {
   }
 }
 
+// A header whose length leaves the data unaligned (other writers do not pad): the tensor is
+// copied, with the right values.
+TEST_F(FileTest, MisalignedSafetensorsDataIsCopied) {
+  const std::string header = R"({"w":{"dtype":"I64","shape":[2],"data_offsets":[0,16]}})";
+  ASSERT_NE((8 + header.size()) % 8, 0u);
+  put(path("u.safetensors"), safetensors(header, 16));
+  const at::Tensor w = c10dtest::read_state_dict(path("u.safetensors")).at("w").as<at::Tensor>();
+  EXPECT_TRUE(w.equal(at::full({2}, std::int64_t{0x0101010101010101}, at::kLong)));
+  EXPECT_EQ(reinterpret_cast<std::uintptr_t>(w.data_ptr()) % 8, 0u);
+}
+
 // ----------------------------------------------------------------------------------------------
 // Malformed safetensors files: each problem named.
 
@@ -520,10 +531,12 @@ TEST_F(FileTest, FuzzedTorchSavePicklesReadOrFailCleanly) {
       FAIL() << "mutant " << i << " threw " << e.what();
     }
   }
-  // And raw bytes of the whole archive.
+  // And raw bytes of the archive: anywhere, or in its last 2 KiB (the central directory, which
+  // the in-place reading of stored records follows).
   const std::string whole = bytes_of(path("seed.pt"));
-  for (std::size_t i = 0; i < n / 4; ++i) {
-    put(path("m.pt"), mutate(whole, rng, 4));
+  ASSERT_GT(whole.size(), 4096u);
+  for (std::size_t i = 0; i < n / 2; ++i) {
+    put(path("m.pt"), mutate(whole, rng, i % 2 ? whole.size() - 2048 : 4));
     try {
       touch_all(c10dtest::read_state_dict(path("m.pt"), {FileFormat::kTorchSave}));
     } catch (const FileFormatError&) {
