@@ -101,11 +101,16 @@ Json encode_value(const StateValue& v, const std::string& path) {
                         " cannot be kept in safetensors metadata");
 }
 
-StateValue decode_value(const std::string& file, const std::string& path, const Json& j) {
+StateValue decode_value(const std::string& file, const std::string& path, const Json& j,
+                        int depth = 0) {
   auto bad = [&]() -> StateValue {
     fail(file, std::string(kValuesKey) + ": the value of " + path + " is not one c10dtest wrote: " +
                    j.dump().substr(0, 120));
   };
+  if (depth > 100) {  // (dump() recurses: nothing this deep is printed)
+    fail(file, std::string(kValuesKey) + ": the value of " + path +
+                   " is not one c10dtest wrote: nested deeper than 100 levels");
+  }
   if (!j.is_object() || j.size() != 1) return bad();
   const std::string type = j.begin().key();
   const Json& value = j.begin().value();
@@ -122,7 +127,7 @@ StateValue decode_value(const std::string& file, const std::string& path, const 
   if (type == "str" && value.is_string()) return value.get<std::string>();
   if (type == "list" && value.is_array()) {
     StateList items;
-    for (const auto& e : value) items.push_back(decode_value(file, path, e));
+    for (const auto& e : value) items.push_back(decode_value(file, path, e, depth + 1));
     return items;
   }
   if (type == "dict" && value.is_object() && value.empty()) return StateDict{};

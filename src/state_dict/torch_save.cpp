@@ -58,6 +58,35 @@ struct PyObj {
   std::variant<StateNone, bool, std::int64_t, double, std::string, at::Tensor, PyList, PyTuple,
                PyDict, PyGlobal, PyStorage, PyUnreadable>
       v;
+  PyObj() = default;
+  PyObj(const PyObj&) = delete;
+  PyObj& operator=(const PyObj&) = delete;
+  // Without recursion: a pickle can nest a million lists, and a recursive destructor would
+  // overflow the stack. Children this object alone holds are emptied one by one.
+  ~PyObj() {
+    std::vector<PyPtr> work;
+    take_children(work);
+    while (!work.empty()) {
+      PyPtr p = std::move(work.back());
+      work.pop_back();
+      if (p && p.use_count() == 1) p->take_children(work);
+    }
+  }
+  void take_children(std::vector<PyPtr>& out) {
+    if (auto* l = std::get_if<PyList>(&v)) {
+      for (auto& e : l->items) out.push_back(std::move(e));
+      l->items.clear();
+    } else if (auto* t = std::get_if<PyTuple>(&v)) {
+      for (auto& e : t->items) out.push_back(std::move(e));
+      t->items.clear();
+    } else if (auto* d = std::get_if<PyDict>(&v)) {
+      for (auto& [k, val] : d->items) {
+        out.push_back(std::move(k));
+        out.push_back(std::move(val));
+      }
+      d->items.clear();
+    }
+  }
 };
 
 // The archive's bytes, read with pread; a read beyond the end is an error, not a crash.

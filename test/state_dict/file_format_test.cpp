@@ -334,6 +334,19 @@ TEST_F(FileTest, MalformedSafetensorsAreNamed) {
     EXPECT_NE(e.find(path("bad.safetensors") + ": "), std::string::npos) << c.name << ": " << e;
     EXPECT_NE(e.find(c.expected), std::string::npos) << c.name << ": " << e;
   }
+  // Values nested far deeper than any c10dtest writes, in the metadata's JSON.
+  {
+    // The values' JSON text, escaped as a string inside the header's JSON.
+    std::string v = "{\\\"k\\\":";
+    for (int i = 0; i < 200'000; ++i) v += "{\\\"list\\\":[";
+    v += "{\\\"int\\\":1}";
+    for (int i = 0; i < 200'000; ++i) v += "]}";
+    v += "}";
+    put(path("deep.safetensors"),
+        safetensors("{\"__metadata__\":{\"c10dtest.values\":\"" + v + "\"}}", 0));
+    EXPECT_NE(read_error(path("deep.safetensors")).find("the value of k is not one c10dtest wrote"),
+              std::string::npos);
+  }
   EXPECT_NE(read_error(path("missing")).find("missing: cannot open: No such file"), std::string::npos);
   EXPECT_NE(read_error(dir_.string()).find("not a regular file"), std::string::npos);
 }
@@ -424,6 +437,16 @@ TEST_F(FileTest, MalformedTorchSaveAreNamed) {
     const std::string e = read_error(path("bad.pt"));
     EXPECT_NE(e.find(path("bad.pt") + ": "), std::string::npos) << c.name << ": " << e;
     EXPECT_NE(e.find(c.expected), std::string::npos) << c.name << ": " << e;
+  }
+  // A million nested lists: refused by depth, and freed without recursion (no stack overflow).
+  {
+    std::string deep = "\x80\x02}(X\x01\x00\x00\x00k"s;
+    const int levels = 1'000'000;
+    deep += std::string(levels, ']');
+    for (int i = 1; i < levels; ++i) deep += 'a';
+    deep += "u."s;
+    put(path("deep.pt"), archive(deep));
+    EXPECT_NE(read_error(path("deep.pt")).find("nested more than 100 levels deep"), std::string::npos);
   }
   // The hand-made tensor pickle is right when its storage is there.
   put(path("ok.pt"), archive(head + tensor("K\x02K\x02"s, "K\x02K\x01"s, 0) + "u."s, {{"data/0", floats}}));
