@@ -220,15 +220,21 @@ TEST_F(Interop, PyTorchsArchivesAreMappedNotCopied) {
   fs::remove(copy);
 }
 
-TEST_F(Interop, FusionEmbeddingWithHookMatchesPythonsKeysAndValues) {
-  ct::FusionEmbeddingWithHook model(4, 4, 4);
-  fill_with_formula(*model);
-  const StateDict dist = shard(c10dtest::get_model_state_dict(*model));
+// Python's FusionEmbeddingWithHook (test_state_dict.py's) against the C++ one and against
+// FusionEmbeddingWithModifier, which reaches the same keys through an FQN modifier.
+TEST_F(Interop, FusionEmbeddingsMatchPythonsKeysAndValues) {
+  ct::FusionEmbeddingWithHook hooked(4, 4, 4);
+  ct::FusionEmbeddingWithModifier modified(4, 4, 4);
+  fill_with_formula(*hooked);
+  fill_with_formula(*modified);
+  const StateDict dist_hooked = shard(c10dtest::get_model_state_dict(*hooked));
+  const StateDict dist_modified = shard(c10dtest::get_model_state_dict(*modified));
   for (const char* name : {"fusion.pt", "fusion.safetensors"}) {
     SCOPED_TRACE(name);
     const StateDict ref = c10dtest::read_state_dict(in(name));
     EXPECT_TRUE(ref.contains("weight") && ref.contains("fusion_embedding.weight")) << ref.describe();
-    EXPECT_TRUE(c10dtest::verify_state_dict(ref, dist));
+    EXPECT_TRUE(c10dtest::verify_state_dict(ref, dist_hooked));
+    EXPECT_TRUE(c10dtest::verify_state_dict(ref, dist_modified));
   }
 }
 
