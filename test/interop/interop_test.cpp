@@ -88,7 +88,7 @@ void fill_with_formula(torch::nn::Module& m) {
   }
 }
 
-class Interop : public c10dtest::DistributedTest {
+class Interop : public c10dtest::DistributedTest, public c10dtest::VerifyStateDictMixin {
  protected:
   void SetUp() override {
     c10dtest::DistributedTest::SetUp();
@@ -161,6 +161,7 @@ TEST_F(Interop, FormulaFilesVerifySharded) {
     exact.compare.rtol = 0;
     exact.compare.atol = 0;
     EXPECT_TRUE(c10dtest::verify_state_dict(file.state_dict, dist, exact));
+    EXPECT_TRUE(verify_msd(file.state_dict, dist, exact));  // the mixin, as a port would call it
     // torch.save kept the view: non-contiguous, with the transpose's strides.
     if (pt) {
       const at::Tensor& view = file.state_dict.at("view.t").as<at::Tensor>();
