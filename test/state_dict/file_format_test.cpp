@@ -463,6 +463,12 @@ std::size_t fuzz_iterations() {
   return e ? std::strtoul(e, nullptr, 10) : 10000;
 }
 
+// C10DTEST_FUZZ_SEED (default 0) is added to each fuzz test's own seed.
+std::uint64_t fuzz_seed(std::uint64_t base) {
+  const char* e = std::getenv("C10DTEST_FUZZ_SEED");
+  return base + (e ? std::strtoull(e, nullptr, 10) : 0);
+}
+
 std::string mutate(std::string s, std::mt19937_64& rng, std::size_t protect = 0) {
   const int edits = 1 + static_cast<int>(rng() % 4);
   static const std::vector<std::string> tokens = {
@@ -497,7 +503,7 @@ TEST_F(FileTest, FuzzedSafetensorsHeadersReadOrFailCleanly) {
   StateDict sd = all_kinds(true);
   c10dtest::write_state_dict(path("seed.safetensors"), sd);
   const std::string seed = bytes_of(path("seed.safetensors"));
-  std::mt19937_64 rng(20261202);
+  std::mt19937_64 rng(fuzz_seed(20261202));
   std::size_t read = 0, refused = 0;
   const std::size_t n = fuzz_iterations();
   for (std::size_t i = 0; i < n; ++i) {
@@ -540,7 +546,7 @@ TEST_F(FileTest, FuzzedTorchSavePicklesReadOrFailCleanly) {
       records.emplace_back(r, std::string(static_cast<const char*>(d.get()), s));
     }
   }
-  std::mt19937_64 rng(1202);
+  std::mt19937_64 rng(fuzz_seed(1202));
   std::size_t read = 0, refused = 0;
   const std::size_t n = fuzz_iterations() / 3;
   for (std::size_t i = 0; i < n; ++i) {
