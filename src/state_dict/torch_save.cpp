@@ -166,9 +166,16 @@ StateDict read_torch_save(const std::string& file, bool map) {
     throw fail("not a torch.save archive: " + first_line(e.what()));
   }
   std::string pickle;
-  std::map<std::string, std::size_t> records;
   try {
     if (!reader->hasRecord("data.pkl")) throw fail("a zip archive without data.pkl: not torch.save's");
+    if (reader->hasRecord("byteorder")) {
+      auto [order, n] = reader->getRecord("byteorder");
+      const std::string text(static_cast<const char*>(order.get()), n);
+      if (text != "little") {
+        throw fail("written with byte order '" + text.substr(0, 16) +
+                   "': only little-endian archives are read");
+      }
+    }
     auto [data, size] = reader->getRecord("data.pkl");
     pickle.assign(static_cast<const char*>(data.get()), size);
   } catch (const FileFormatError&) {

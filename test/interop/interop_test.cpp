@@ -149,7 +149,7 @@ class Interop : public c10dtest::DistributedTest, public c10dtest::VerifyStateDi
 };
 
 TEST_F(Interop, FormulaFilesVerifySharded) {
-  for (const char* name : {"formula.pt", "formula.safetensors"}) {
+  for (const char* name : {"formula.pt", "formula_p5.pt", "formula.safetensors"}) {
     SCOPED_TRACE(name);
     const auto file = c10dtest::read_state_dict_file(in(name));
     const bool pt = file.format == FileFormat::kTorchSave;

@@ -7,6 +7,7 @@ safetensors, and the differential cases with PyTorch's own VerifyStateDictMixin 
 OUT_DIR gets:
   formula.pt / formula.safetensors     every dtype, 0-d, empty, a non-contiguous view (and
                                        complex tensors in the .pt only: safetensors has none)
+  formula_p5.pt                        the same with pickle protocol 5
   fusion.pt / fusion.safetensors       FusionEmbeddingWithHook's state dict, formula values
   composite_init.pt, composite_inputs.pt
   composite_msd.{pt,safetensors}, composite_osd.{pt,safetensors}
@@ -145,6 +146,7 @@ def main():
     os.makedirs(a.out, exist_ok=True)
     f = common.formula_dict(with_complex=True)
     torch.save(f, f"{a.out}/formula.pt")
+    torch.save(f, f"{a.out}/formula_p5.pt", pickle_protocol=5)  # FRAME, MEMOIZE, STACK_GLOBAL
     save_file(contiguous(common.formula_dict(with_complex=False)), f"{a.out}/formula.safetensors",
               metadata={"format": "pt", "written_by": "make_reference.py"})
     fusion = common.FusionEmbeddingWithHook(4, 4, 4)

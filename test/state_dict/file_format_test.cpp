@@ -430,6 +430,7 @@ TEST_F(FileTest, MalformedTorchSaveAreNamed) {
       {"negative stride", archive(head + tensor("K\x02"s, "J\xff\xff\xff\xff"s, 0) + "u."s, {{"data/0", floats}}),
        "negative size or stride"},
       {"memo never stored", archive("\x80\x02h\x05."s), "reads memo 5, never stored"},
+      {"big-endian", archive("\x80\x02}."s, {{"byteorder", "big"}}), "byte order 'big'"},
       {"unbalanced", archive("\x80\x02}}."s), "unbalanced pickle"},
   };
   for (const auto& c : cases) {
