@@ -209,9 +209,17 @@ StateDict read_torch_save(const std::string& file, bool map) {
     if (directory) {
       const ZipRecord* r = directory->find(name);
       // The reader agrees on where the record's data starts (it read the same local header).
+      // (The reader throws c10::Error on a damaged entry: that is this archive's error.)
+      bool agree = false;
       if (r && r->method == 0 && r->offset % static_cast<std::uint64_t>(item) == 0 &&
-          r->size >= static_cast<std::uint64_t>(need) && reader->hasRecord(name) &&
-          reader->getRecordOffset(name) == r->offset) {
+          r->size >= static_cast<std::uint64_t>(need)) {
+        try {
+          agree = reader->hasRecord(name) && reader->getRecordOffset(name) == r->offset;
+        } catch (const std::exception& e) {
+          throw pickle::PickleError("cannot read record " + name + ": " + first_line(e.what()));
+        }
+      }
+      if (agree) {
         return at::from_blob(mapping->data + r->offset, {numel}, [keep = mapping](void*) {},
                              at::TensorOptions().dtype(dtype));
       }

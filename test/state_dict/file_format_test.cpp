@@ -449,6 +449,27 @@ TEST_F(FileTest, MalformedTorchSaveAreNamed) {
     put(path("deep.pt"), archive(deep));
     EXPECT_NE(read_error(path("deep.pt")).find("nested more than 100 levels deep"), std::string::npos);
   }
+  // A storage record whose central-directory entry says "encrypted": LibTorch's reader throws
+  // its own error while the record is located; it comes out as this file's FileFormatError
+  // (found by the fuzz test with C10DTEST_FUZZ_SEED=7).
+  {
+    std::string a = archive(head + tensor("K\x04"s, "K\x01"s, 0) + "u."s, {{"data/0", floats}});
+    const std::string sig("PK\x01\x02", 4);
+    int flagged = 0;
+    for (auto at = a.find(sig); at != std::string::npos; at = a.find(sig, at + 4)) {
+      const std::size_t len = static_cast<unsigned char>(a[at + 28]) |
+                              static_cast<std::size_t>(static_cast<unsigned char>(a[at + 29])) << 8;
+      const std::string name = a.substr(at + 46, len);
+      if (name.size() >= 7 && name.compare(name.size() - 7, 7, "/data/0") == 0) {
+        a[at + 8] = static_cast<char>(a[at + 8] | 1);
+        ++flagged;
+      }
+    }
+    ASSERT_EQ(flagged, 1);
+    put(path("enc.pt"), a);
+    const std::string e = read_error(path("enc.pt"));
+    EXPECT_NE(e.find(path("enc.pt") + ": data.pkl: cannot read record data/0"), std::string::npos) << e;
+  }
   // The hand-made tensor pickle is right when its storage is there.
   put(path("ok.pt"), archive(head + tensor("K\x02K\x02"s, "K\x02K\x01"s, 0) + "u."s, {{"data/0", floats}}));
   const StateDict ok = c10dtest::read_state_dict(path("ok.pt"));
