@@ -359,8 +359,10 @@ std::shared_ptr<FileMapping> map_file(const std::string& path, int fd, std::uint
   if (size > static_cast<std::uint64_t>(std::numeric_limits<std::size_t>::max())) {
     fail(path, "too large to map");
   }
-  void* p = ::mmap(nullptr, static_cast<std::size_t>(size), PROT_READ | PROT_WRITE, MAP_PRIVATE,
-                   fd, 0);
+  // MAP_NORESERVE: a large reference must not count against a strict overcommit limit; only
+  // pages a tensor is written to get private copies.
+  void* p = ::mmap(nullptr, static_cast<std::size_t>(size), PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_NORESERVE, fd, 0);
   if (p == MAP_FAILED) fail(path, "cannot map: " + errno_text(errno));
   m->data = static_cast<char*>(p);
   m->size = size;
