@@ -117,6 +117,22 @@ StateDict canonical_optimizer_state_dict(const torch::nn::Module& model,
                                          const torch::optim::Optimizer& optimizer,
                                          const StateDict& osd);
 
+// A PyTorch optimizer's state dict (optimizer.state_dict() saved by torch.save and read with
+// read_state_dict) as the LibTorch optimizer `optimizer` of `model` holds the same state, so that
+// verify_osd can compare a C++ optimizer with a Python one:
+// - parameter ids become FQNs, as canonical_optimizer_state_dict does;
+// - a `step` saved as a one-element tensor (PyTorch 2.x) becomes an int, as LibTorch keeps it,
+//   when it holds a whole number (else it stays a tensor and verify_osd reports it);
+// - a param-group entry that `optimizer`'s groups have not (PyTorch's foreach, maximize,
+//   capturable, differentiable, fused, decoupled_weight_decay) is dropped when it holds
+//   PyTorch's default (None or False), the behaviour LibTorch's optimizers have. Any other value
+//   (maximize=True: a LibTorch optimizer cannot do that) and any other entry stays, and
+//   verify_osd names it.
+// Throws StateDictError as canonical_optimizer_state_dict. Not collective.
+StateDict from_pytorch_optimizer_state_dict(const torch::nn::Module& model,
+                                            const torch::optim::Optimizer& optimizer,
+                                            const StateDict& osd);
+
 // The mixin: inherit it beside DistributedTest, as PyTorch's tests inherit VerifyStateDictMixin
 // beside DTensorTestBase. Each check is collective and returns an AssertionResult.
 class VerifyStateDictMixin {

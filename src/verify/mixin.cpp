@@ -1,7 +1,10 @@
 // VerifyStateDictMixin, the optimizer-state-dict checks and the gMock matchers, on top of
 // verify_state_dict.
 #include <algorithm>
+#include <cmath>
+#include <iterator>
 #include <map>
+#include <optional>
 #include <unordered_map>
 
 #include "c10dtest/distributed_state_dict.hpp"
@@ -203,6 +206,71 @@ StateDict canonical_optimizer_state_dict(const torch::nn::Module& model,
       out.insert(key, groups);
     } else {
       out.insert(key, v);
+    }
+  }
+  return out;
+}
+
+namespace {
+
+// PyTorch's param-group entries that LibTorch's optimizers lack, and the values of theirs that
+// mean LibTorch's behaviour (torch/optim/*.py defaults).
+bool is_pytorch_only_default(const std::string& key, const StateValue& v) {
+  static const char* const kKeys[] = {"foreach",        "maximize", "capturable",
+                                      "differentiable", "fused",    "decoupled_weight_decay"};
+  if (std::find_if(std::begin(kKeys), std::end(kKeys),
+                   [&](const char* k) { return key == k; }) == std::end(kKeys)) {
+    return false;
+  }
+  return v.is<StateNone>() || (v.is<bool>() && !v.as<bool>());
+}
+
+// A one-element tensor holding a whole number, as that number.
+std::optional<std::int64_t> whole_step(const StateValue& v) {
+  if (!v.is<at::Tensor>()) return std::nullopt;
+  const at::Tensor& t = v.as<at::Tensor>();
+  if (!t.defined() || t.numel() != 1 || t.is_complex() || t.scalar_type() == at::kBool) {
+    return std::nullopt;
+  }
+  const double d = t.item<double>();
+  if (!std::isfinite(d) || d != std::floor(d) || std::fabs(d) > 9.0e15) return std::nullopt;
+  return static_cast<std::int64_t>(d);
+}
+
+}  // namespace
+
+StateDict from_pytorch_optimizer_state_dict(const torch::nn::Module& model,
+                                            const torch::optim::Optimizer& optimizer,
+                                            const StateDict& osd) {
+  StateDict out = canonical_optimizer_state_dict(model, optimizer, osd);
+  if (out.contains("state") && out.at("state").is<StateDict>()) {
+    StateDict& state = out.at("state").as<StateDict>();
+    for (std::size_t i = 0; i < state.size(); ++i) {
+      if (!state.value(i).is<StateDict>()) continue;
+      StateDict& per = state.value(i).as<StateDict>();
+      if (!per.contains("step")) continue;
+      if (const auto step = whole_step(per.at("step"))) per.insert("step", *step);
+    }
+  }
+  if (out.contains("param_groups") && out.at("param_groups").is<StateList>()) {
+    // The entries LibTorch's groups have: those of this optimizer's own state dict.
+    std::vector<std::string> own;
+    const StateDict mine = get_optimizer_state_dict(model, optimizer);
+    for (const auto& g : mine.at("param_groups").as<StateList>()) {
+      for (const auto& k : g.as<StateDict>().keys()) own.push_back(k);
+    }
+    for (StateValue& g : out.at("param_groups").as<StateList>()) {
+      if (!g.is<StateDict>()) continue;
+      StateDict& group = g.as<StateDict>();
+      std::vector<std::string> drop;
+      for (std::size_t k = 0; k < group.size(); ++k) {
+        const std::string& key = group.keys()[k];
+        if (std::find(own.begin(), own.end(), key) == own.end() &&
+            is_pytorch_only_default(key, group.value(k))) {
+          drop.push_back(key);
+        }
+      }
+      for (const auto& key : drop) group.erase(key);
     }
   }
   return out;

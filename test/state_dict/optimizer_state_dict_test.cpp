@@ -11,6 +11,8 @@
 #include <torch/optim/sgd.h>
 
 #include <functional>
+#include <map>
+#include <string>
 
 namespace {
 
@@ -223,6 +225,101 @@ TEST_F(OptimizerStateDict, ShardedStateIsLaidOutLikeItsParameters) {
           << fqn << "." << field;
     }
     EXPECT_EQ(got.at(fqn).as<StateDict>().at("step").as<std::int64_t>(), 2);
+  }
+}
+
+// The state dict PyTorch's optimizer.state_dict() holds for the same state: parameter ids, the
+// step as a float tensor (PyTorch 2.x), and the param-group entries LibTorch has not, at
+// PyTorch's defaults.
+StateDict as_pytorch_writes_it(const torch::nn::Module& model, const StateDict& osd) {
+  std::map<std::string, std::int64_t> ids;
+  for (const auto& p : model.named_parameters()) {
+    ids.emplace(p.key(), static_cast<std::int64_t>(ids.size()));
+  }
+  StateDict state;
+  const auto& own = osd.at("state").as<StateDict>();
+  for (std::size_t i = 0; i < own.size(); ++i) {
+    StateDict per = own.value(i).as<StateDict>();
+    if (per.contains("step")) {
+      per.insert("step", at::scalar_tensor(static_cast<double>(per.at("step").as<std::int64_t>()),
+                                           at::kFloat));
+    }
+    state.insert(std::to_string(ids.at(own.keys()[i])), per);
+  }
+  StateList groups;
+  for (const auto& g : osd.at("param_groups").as<StateList>()) {
+    StateDict group = g.as<StateDict>();
+    StateList params;
+    for (const auto& fqn : group.at("params").as<StateList>()) {
+      params.emplace_back(ids.at(fqn.as<std::string>()));
+    }
+    group.insert("params", params);
+    group.insert("foreach", c10dtest::StateNone{});
+    group.insert("maximize", false);
+    group.insert("capturable", false);
+    group.insert("differentiable", false);
+    group.insert("fused", c10dtest::StateNone{});
+    groups.emplace_back(group);
+  }
+  StateDict out;
+  out.insert("state", state);
+  out.insert("param_groups", groups);
+  return out;
+}
+
+class PyTorchOptimizerFile : public c10dtest::DistributedTest,
+                             public c10dtest::VerifyStateDictMixin {};
+
+TEST_F(PyTorchOptimizerFile, EveryOptimizersPyTorchLayoutVerifiesAgainstTheCppOne) {
+  const at::Tensor x = at::rand({8, 100});
+  for (const auto& c : cases()) {
+    SCOPED_TRACE(c.name);
+    ct::UnitModule a;
+    auto opt = c.make(a->parameters());
+    train(*a, *opt, x, 3);
+    const StateDict osd = c10dtest::get_optimizer_state_dict(*a, *opt);
+    const StateDict py = as_pytorch_writes_it(*a, osd);
+    // As PyTorch's file is, the step's type and the extra entries are differences.
+    EXPECT_FALSE(verify_osd(*a, *opt, py, osd));
+    const StateDict ref = c10dtest::from_pytorch_optimizer_state_dict(*a, *opt, py);
+    EXPECT_TRUE(verify_osd(*a, *opt, ref, osd));
+    const StateDict& group = ref.at("param_groups").as<StateList>().at(0).as<StateDict>();
+    EXPECT_EQ(group.keys(),
+              osd.at("param_groups").as<StateList>().at(0).as<StateDict>().keys());
+    const StateDict& l1 = ref.at("state").as<StateDict>().at("l1.weight").as<StateDict>();
+    if (l1.contains("step")) EXPECT_EQ(l1.at("step").as<std::int64_t>(), 3);
+  }
+}
+
+TEST_F(PyTorchOptimizerFile, WhatLibTorchCannotDoStaysADifference) {
+  ct::UnitModule a;
+  optim::Adam opt(a->parameters(), optim::AdamOptions(0.01));
+  train(*a, opt, at::rand({2, 100}), 2);
+  const StateDict osd = c10dtest::get_optimizer_state_dict(*a, opt);
+  const auto why = [&](StateDict py) {
+    const auto r = verify_osd(*a, opt, c10dtest::from_pytorch_optimizer_state_dict(*a, opt, py),
+                              osd);
+    EXPECT_FALSE(r);
+    return std::string(r.message());
+  };
+  StateDict maximize = as_pytorch_writes_it(*a, osd);
+  maximize.at("param_groups").as<StateList>()[0].as<StateDict>().insert("maximize", true);
+  EXPECT_NE(why(maximize).find("maximize"), std::string::npos);
+  StateDict scheduled = as_pytorch_writes_it(*a, osd);
+  scheduled.at("param_groups").as<StateList>()[0].as<StateDict>().insert("initial_lr", 0.01);
+  EXPECT_NE(why(scheduled).find("initial_lr"), std::string::npos);
+  StateDict half_step = as_pytorch_writes_it(*a, osd);
+  half_step.at("state").as<StateDict>().at("1").as<StateDict>().insert(
+      "step", at::scalar_tensor(2.5, at::kFloat));
+  const std::string m = why(half_step);
+  EXPECT_NE(m.find("l1.bias.step"), std::string::npos) << m;
+  StateDict bad_id = as_pytorch_writes_it(*a, osd);
+  bad_id.at("state").as<StateDict>().rename("5", "6");
+  try {
+    c10dtest::from_pytorch_optimizer_state_dict(*a, opt, bad_id);
+    FAIL() << "expected an error";
+  } catch (const StateDictError& e) {
+    EXPECT_NE(std::string(e.what()).find("parameter id 6"), std::string::npos) << e.what();
   }
 }
 
