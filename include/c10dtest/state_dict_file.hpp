@@ -15,6 +15,7 @@
 
 #include <map>
 #include <string>
+#include <vector>
 
 #include "c10dtest/error.hpp"
 #include "c10dtest/state_dict.hpp"
@@ -96,5 +97,20 @@ struct WriteFileOptions {
 // Not collective: each rank writes what it holds.
 void write_state_dict(const std::string& path, const StateDict& state_dict,
                       FileFormat format = FileFormat::kAuto, const WriteFileOptions& options = {});
+
+// Reads the safetensors files that write_state_dict wrote for a sharded dict, one per rank (any
+// number of ranks, any order), and puts every DTensor and ShardedTensor back together from its
+// pieces: the full state dict, flat as read_state_dict gives it, in the order keys first appear.
+// Tensors and values written whole (plain tensors, plain values) come from the first file that
+// holds them; every other file holding them must hold the same. Not collective: any process can
+// read another world size's files (a sharded checkpoint written at 4 ranks, verified at 2).
+// FileFormatError names the file(s) and the key when the pieces do not make a whole: an element
+// no piece covers (the first such index), a piece outside its global shape, pieces of one key
+// that disagree on the global shape or the dtype, replicas (overlapping pieces) that differ,
+// a key written whole in one file and in pieces in another, values that differ between files,
+// a torch.save file, metadata that is not c10dtest's. Pieces are copied into full tensors;
+// whole tensors stay mapped as options.map says.
+StateDict read_sharded_state_dict(const std::vector<std::string>& paths,
+                                  const ReadFileOptions& options = {});
 
 }  // namespace c10dtest

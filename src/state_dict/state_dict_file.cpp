@@ -28,8 +28,8 @@ namespace {
 using Json = nlohmann::ordered_json;
 namespace st = detail::safetensors;
 
-constexpr const char* kValuesKey = "c10dtest.values";
-constexpr const char* kShardsKey = "c10dtest.shards";
+using detail::kShardsKey;
+using detail::kValuesKey;
 
 [[noreturn]] void fail(const std::string& file, const std::string& what) {
   throw FileFormatError(file + ": " + what);
@@ -248,6 +248,16 @@ void collect(const StateValue& v, const std::string& path, std::vector<Piece>& p
   } else if (v.is<ShardedTensor>()) {
     const ShardedTensor& s = v.as<ShardedTensor>();
     const auto& local = s.local_shards();
+    if (local.empty()) {
+      // No piece here: an empty one keeps the key, its global shape and dtype in this file
+      // (else a tensor whose pieces all are empty, such as [0, 3], would vanish from the files).
+      const std::vector<std::int64_t> none(s.metadata().global_shape.size(), 0);
+      add(path, at::empty(none, at::TensorOptions().dtype(s.metadata().dtype)));
+      shards[path] = Json{{"key", path},
+                          {"global_shape", s.metadata().global_shape},
+                          {"offsets", none}};
+      return;
+    }
     for (std::size_t i = 0; i < local.size(); ++i) {
       const std::string name = local.size() == 1 ? path : path + "#" + std::to_string(i);
       add(name, local[i].tensor);

@@ -11,6 +11,11 @@
 
 namespace c10dtest::detail {
 
+// safetensors metadata entries of c10dtest's own: plain values (JSON, types kept) and the
+// global place of each per-rank piece.
+inline constexpr const char* kValuesKey = "c10dtest.values";
+inline constexpr const char* kShardsKey = "c10dtest.shards";
+
 // A private, copy-on-write mapping of a whole file (PROT_READ | PROT_WRITE, MAP_PRIVATE: tensors
 // over it can be written to, the file never changes). Unmapped when the last owner goes.
 struct FileMapping {

@@ -371,6 +371,127 @@ TEST_F(FileTest, UnsupportedValuesAreNamedWhenWriting) {
 }
 
 // ----------------------------------------------------------------------------------------------
+// Per-rank files of a sharded dict that do not make a whole (read_sharded_state_dict). Random
+// layouts written by real ranks are in sharded_file_test (state_dict_test).
+
+struct F32 {
+  std::string name;
+  std::vector<std::int64_t> shape;
+  std::vector<float> values;
+};
+
+std::string quoted(const std::string& s) {
+  std::string out = "\"";
+  for (char c : s) {
+    if (c == '"' || c == '\\') out += '\\';
+    out += c;
+  }
+  return out + "\"";
+}
+
+// A safetensors file of float tensors with c10dtest's metadata entries as given (JSON texts).
+std::string pieces_file(const std::vector<F32>& tensors, const std::string& shards,
+                        const std::string& values = "") {
+  std::string header = "{\"__metadata__\":{";
+  if (!shards.empty()) header += quoted("c10dtest.shards") + ":" + quoted(shards);
+  if (!values.empty()) {
+    header += (shards.empty() ? "" : ",") + quoted("c10dtest.values") + ":" + quoted(values);
+  }
+  header += "}";
+  std::string data;
+  for (const auto& t : tensors) {
+    std::string shape;
+    for (auto n : t.shape) shape += (shape.empty() ? "" : ",") + std::to_string(n);
+    const std::size_t bytes = t.values.size() * sizeof(float);
+    header += "," + quoted(t.name) + ":{\"dtype\":\"F32\",\"shape\":[" + shape +
+              "],\"data_offsets\":[" + std::to_string(data.size()) + "," +
+              std::to_string(data.size() + bytes) + "]}";
+    data.append(reinterpret_cast<const char*>(t.values.data()), bytes);
+  }
+  header += "}";
+  header.append((8 - header.size() % 8) % 8, ' ');
+  std::string out(8, '\0');
+  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>((header.size() >> (8 * i)) & 0xff);
+  return out + header + data;
+}
+
+std::string piece_of_w(std::int64_t offset, const std::string& global = "[4]") {
+  return R"({"w":{"key":"w","global_shape":)" + global + R"(,"offsets":[)" +
+         std::to_string(offset) + "]}}";
+}
+
+TEST_F(FileTest, ShardedFilesThatMakeNoWholeAreNamed) {
+  put(path("a"), pieces_file({{"w", {2}, {1, 2}}}, piece_of_w(0)));
+  put(path("b"), pieces_file({{"w", {2}, {3, 4}}}, piece_of_w(2)));
+  put(path("a2"), pieces_file({{"w", {2}, {1, 2}}}, piece_of_w(0)));
+  const at::Tensor whole = at::arange(1, 5, at::kFloat);
+  for (const auto& files : std::vector<std::vector<std::string>>{
+           {path("a"), path("b")}, {path("b"), path("a")}, {path("a"), path("a2"), path("b")}}) {
+    const StateDict sd = c10dtest::read_sharded_state_dict(files);
+    ASSERT_EQ(sd.keys(), std::vector<std::string>{"w"});
+    EXPECT_TRUE(at::equal(sd.at("w").as<at::Tensor>(), whole));
+  }
+  put(path("c"), pieces_file({{"w", {2}, {1, 9}}}, piece_of_w(0)));
+  put(path("d"), pieces_file({{"w", {2}, {1, 2}}}, piece_of_w(3)));
+  put(path("e"), pieces_file({{"w", {2}, {1, 2}}}, piece_of_w(2, "[5]")));
+  put(path("f"), pieces_file({{"w", {2}, {1, 2}}}, piece_of_w(0, "[4, 1]")));
+  put(path("g"), pieces_file({{"w", {4}, {1, 2, 3, 4}}}, ""));
+  put(path("p1"), pieces_file({{"p", {2}, {1, 2}}}, ""));
+  put(path("p2"), pieces_file({{"p", {2}, {1, 3}}}, ""));
+  put(path("v1"), pieces_file({}, "", R"({"lr":{"float":0.1}})"));
+  put(path("v2"), pieces_file({}, "", R"({"lr":{"float":0.2}})"));
+  put(path("json"), pieces_file({{"w", {2}, {1, 2}}}, "{"));
+  put(path("nokey"), pieces_file({{"w", {2}, {1, 2}}}, R"({"w":{"global_shape":[4],"offsets":[0]}})"));
+  put(path("neg"), pieces_file({{"w", {2}, {1, 2}}}, R"({"w":{"key":"w","global_shape":[4],"offsets":[-1]}})"));
+  put(path("names"), pieces_file({{"w", {2}, {1, 2}}}, R"({"x":{"key":"x","global_shape":[4],"offsets":[0]}})"));
+  put(path("huge"), pieces_file({{"w", {2}, {1, 2}}}, piece_of_w(0, "[1000000000000]")));
+  StateDict plain;
+  plain.insert("w", at::ones({2}));
+  c10dtest::write_state_dict(path("t.pt"), plain);
+  struct Case {
+    std::vector<std::string> files;
+    std::string expected;
+  };
+  const std::vector<Case> cases = {
+      {{path("a")}, "'w' [4]: 2 of 4 elements are in none of the 1 files (the first at [2]): a "
+                    "rank's file is missing?"},
+      {{path("a"), path("c"), path("b")},
+       path("c") + ": 'w': the piece 'w' of shape [2] at offsets [0] differs from the "
+                   "overlapping piece in " + path("a") + " (offsets [0], shape [2]): replicas"},
+      {{path("d")}, path("d") + ": 'w': the piece 'w' of shape [2] at offsets [3] lies outside "
+                                "the global shape [4]"},
+      {{path("a"), path("e")}, "is a piece of a Float [5], but " + path("a") +
+                                   " has pieces of a Float [4]"},
+      {{path("f")}, "does not fit a global shape of 2 dims [4, 1]"},
+      {{path("a"), path("g")}, path("g") + ": 'w' is written whole here and in pieces in " +
+                                   path("a")},
+      {{path("g"), path("a")}, path("a") + ": 'w' is written in pieces here and whole in " +
+                                   path("g")},
+      {{path("p1"), path("p2")}, "'p' differs between the files: Tensor[2] Float cpu in " +
+                                     path("p1") + ", Tensor[2] Float cpu in " + path("p2")},
+      {{path("v1"), path("v2")}, "'lr' differs between the files: "},
+      {{path("json")}, path("json") + ": c10dtest.shards is not valid JSON"},
+      {{path("nokey")}, "c10dtest.shards: the entry of 'w' is not one c10dtest wrote"},
+      {{path("neg")}, "the entry of 'w': \"offsets\" holds -1, not a non-negative integer"},
+      {{path("names")}, "c10dtest.shards names 'x', which is no tensor of the file"},
+      {{path("huge")}, "needs 4000000000000 bytes, more than all 1 files hold"},
+      {{path("t.pt")}, path("t.pt") + ": a torch.save file holds no per-rank pieces"},
+      {{}, "read_sharded_state_dict: no files given"},
+      {{path("a"), path("nothing")}, path("nothing") + ": cannot open"},
+  };
+  for (const auto& c : cases) {
+    std::string got = "no error";
+    try {
+      c10dtest::read_sharded_state_dict(c.files);
+    } catch (const FileFormatError& e) {
+      got = e.what();
+    }
+    EXPECT_NE(got.find(c.expected), std::string::npos) << "expected: " << c.expected
+                                                       << "\ngot:      " << got;
+  }
+}
+
+// ----------------------------------------------------------------------------------------------
 // Malformed torch.save archives.
 
 // A zip archive as torch.save writes it, holding `pickle` as data.pkl and `records`.
