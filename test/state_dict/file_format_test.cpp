@@ -431,6 +431,12 @@ TEST_F(FileTest, ShardedFilesThatMakeNoWholeAreNamed) {
     ASSERT_EQ(sd.keys(), std::vector<std::string>{"w"});
     EXPECT_TRUE(at::equal(sd.at("w").as<at::Tensor>(), whole));
   }
+  // Pieces that overlap in part agree where they meet.
+  put(path("o1"), pieces_file({{"w", {3}, {1, 2, 3}}}, piece_of_w(0)));
+  put(path("o2"), pieces_file({{"w", {2}, {3, 4}}}, piece_of_w(2)));
+  put(path("o3"), pieces_file({{"w", {2}, {9, 4}}}, piece_of_w(2)));
+  EXPECT_TRUE(at::equal(
+      c10dtest::read_sharded_state_dict({path("o1"), path("o2")}).at("w").as<at::Tensor>(), whole));
   put(path("c"), pieces_file({{"w", {2}, {1, 9}}}, piece_of_w(0)));
   put(path("d"), pieces_file({{"w", {2}, {1, 2}}}, piece_of_w(3)));
   put(path("e"), pieces_file({{"w", {2}, {1, 2}}}, piece_of_w(2, "[5]")));
@@ -458,6 +464,9 @@ TEST_F(FileTest, ShardedFilesThatMakeNoWholeAreNamed) {
       {{path("a"), path("c"), path("b")},
        path("c") + ": 'w': the piece 'w' of shape [2] at offsets [0] differs from the "
                    "overlapping piece in " + path("a") + " (offsets [0], shape [2]): replicas"},
+      {{path("o1"), path("o3")},
+       path("o3") + ": 'w': the piece 'w' of shape [2] at offsets [2] differs from the "
+                    "overlapping piece in " + path("o1") + " (offsets [0], shape [3])"},
       {{path("d")}, path("d") + ": 'w': the piece 'w' of shape [2] at offsets [3] lies outside "
                                 "the global shape [4]"},
       {{path("a"), path("e")}, "is a piece of a Float [5], but " + path("a") +
