@@ -73,4 +73,26 @@ TEST_F(Checkpoint, PartialValuesAndASubMesh) {
   C10DTEST_EXPECT_STATE_DICT_MATCHES(reference, dist);
 }
 
+// A sharded checkpoint: every rank writes its pieces of the FSDP model's state dict to a
+// safetensors file of its own, in a directory all ranks share for this test (temp_dir(), gone
+// after it). Read back whole (here by every rank; any process at any world size can), the files
+// hold the local model's state.
+TEST_F(Checkpoint, ShardedFilesComeBackWhole) {
+  at::manual_seed(4);
+  ct::DataParallelTrainer local(ct::composite_param_model_spec(), ct::Parallelism::Local,
+                                ct::adam(1e-3));
+  at::manual_seed(4);
+  ct::DataParallelTrainer fsdp(ct::composite_param_model_spec(), ct::Parallelism::FSDP,
+                               ct::adam(1e-3));
+  const at::Tensor x = at::rand({8, 100});
+  local.step(x);
+  fsdp.step(x);
+  auto file_of = [&](int r) { return temp_dir() + "/model.rank" + std::to_string(r) + ".safetensors"; };
+  c10dtest::write_state_dict(file_of(rank()), fsdp.model_state_dict());
+  barrier();  // every rank's file is written
+  std::vector<std::string> files;
+  for (int r = 0; r < world_size(); ++r) files.push_back(file_of(r));
+  EXPECT_TRUE(verify_msd(local.model_state_dict(), c10dtest::read_sharded_state_dict(files)));
+}
+
 }  // namespace

@@ -49,6 +49,14 @@ class DistributedTest : public ::testing::Test {
   int rank() const { return World::instance().rank(); }
   int world_size() const { return World::instance().world_size(); }
   int local_rank() const { return World::instance().local_rank(); }
+  // A directory for this test's files (checkpoints, logs), the same path on every rank, as
+  // PyTorch's @with_temp_dir: made by rank 0, private to this user ($TMPDIR/c10dtest-<uid>/
+  // test-XXXXXX, mode 0700), and removed with its contents after the test, once every rank has
+  // finished it (passed or failed). The first call in a test is collective: every rank calls it,
+  // in the same order as its other collectives; later calls return the same path. Ranks on
+  // several hosts need TMPDIR on a filesystem they share: a rank that cannot see rank 0's
+  // directory gets a ConfigError naming it. Only inside a test (SetUp, the body, TearDown).
+  const std::string& temp_dir() const { return World::instance().test_temp_dir(); }
   // The world group (native c10d object). Valid for this test only.
   ProcessGroupPtr process_group() const { return World::instance().process_group(); }
   // Where this test's tensors belong: CPU with Gloo, cuda:<local rank> with NCCL, a GPU shared

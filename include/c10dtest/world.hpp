@@ -88,6 +88,10 @@ class World final : public Context {
                                            const std::string& value) override;
   std::string verify_strategy() const override { return options_.verify_strategy; }
 
+  // DistributedTest::temp_dir(): this test's directory, the same path on every rank. Collective
+  // on the first call in a test; removed by rank 0 once every rank has ended the test.
+  const std::string& test_temp_dir();
+
   // A control-plane tag for the next collective of the running test ("t/0/3/2/<what>/5"): the
   // same on every rank as long as every rank makes the same calls in the same order.
   std::string next_tag(const std::string& what);
@@ -110,6 +114,9 @@ class World final : public Context {
   // shutting them down (a peer may be inside a collective).
   void release_process_groups(bool failed = true);
   void rebuild_process_groups();
+  // After a test's result exchange (every rank is done with it): rank 0 removes the test's
+  // directory, every rank forgets it.
+  void remove_test_temp_dir();
   // Control-plane key prefix of the running test ("t/<iteration>/<suite>/<test>"), or of the
   // running suite's own code between tests (test index -1).
   std::string test_key() const;
@@ -134,6 +141,7 @@ class World final : public Context {
   bool in_test_ = false;
   int phase_ = 0;        // numbers each stretch of suite-level code
   int call_seq_ = 0;
+  std::string temp_dir_;  // the running test's temp_dir(), once asked for
 };
 
 }  // namespace c10dtest

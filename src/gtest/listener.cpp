@@ -371,6 +371,7 @@ void DistributedListener::OnTestEnd(const ::testing::TestInfo& info) {
   // the connections, so their collectives fail at once instead of hanging.
   if (mine.status == 'F') world_.release_process_groups();
   const std::vector<RankResult> results = exchange(world_.test_key(), mine);
+  world_.remove_test_temp_dir();  // every rank is done with the test
 
   const int size = world_.world_size();
   for (int r = 0; r < size; ++r) {

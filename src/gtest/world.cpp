@@ -280,6 +280,7 @@ int World::stop(int exit_code) {
   int code = exit_code;
   bool together = false;  // every rank reached the end
   detail::set_current_activity("during shutdown");
+  remove_test_temp_dir();  // a test the run ended in the middle of
   // The report's record of what runs now is left alone: after a normal end the listener has
   // begun "shutdown" already, and after an exception that escaped the run (a store that failed
   // because rank 0 died) the test it interrupted is what a fault report must name, even when

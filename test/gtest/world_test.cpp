@@ -5,7 +5,11 @@
 #include <c10dtest/device_mesh.hpp>
 #include <torch/csrc/distributed/c10d/Store.hpp>
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <chrono>
+#include <fstream>
 #include <set>
 #include <thread>
 
@@ -133,6 +137,60 @@ TEST_F(StoreSize, B_ManyExchanges) {
 TEST_F(StoreSize, C_TheSameAgain) {
   if (before() < 0) GTEST_SKIP() << "StoreSize.A_Counted did not run";
   EXPECT_EQ(keys(), before());
+}
+
+// DistributedTest::temp_dir(): one path on every rank, private, gone once the test has ended.
+class TempDir : public c10dtest::DistributedTest {
+ protected:
+  static void SetUpTestSuite() {
+    try {
+      c10dtest::World::instance().test_temp_dir();
+    } catch (const c10dtest::ConfigError& e) {
+      outside_error() = e.what();
+    }
+  }
+  static std::string& previous() {
+    static std::string p;
+    return p;
+  }
+  static std::string& outside_error() {
+    static std::string e;
+    return e;
+  }
+};
+
+TEST_F(TempDir, A_OnePrivatePathThatEveryRankSees) {
+  const std::string dir = temp_dir();
+  EXPECT_EQ(&temp_dir(), &temp_dir());  // later calls: the same, no collective
+  const auto all = c10dtest::World::instance().all_gather_text("dirs", dir);
+  for (const auto& d : all) EXPECT_EQ(d, dir);
+  struct stat s {};
+  ASSERT_EQ(::stat(dir.c_str(), &s), 0) << dir;
+  EXPECT_EQ(s.st_mode & 0777, 0700u) << dir;
+  EXPECT_EQ(s.st_uid, ::getuid());
+  std::ofstream(dir + "/rank" + std::to_string(rank())) << rank();
+  barrier();
+  for (int r = 0; r < world_size(); ++r) {
+    std::ifstream in(dir + "/rank" + std::to_string(r));
+    int got = -1;
+    in >> got;
+    EXPECT_EQ(got, r) << "rank " << r << "'s file in " << dir;
+  }
+  previous() = dir;
+}
+
+TEST_F(TempDir, B_TheLastTestsDirectoryIsGone) {
+  if (previous().empty()) GTEST_SKIP() << "TempDir.A_OnePrivatePathThatEveryRankSees did not run";
+  // Rank 0 removes it once every rank has ended the test, before it goes on; the others may be
+  // here a moment earlier.
+  struct stat s {};
+  if (rank() == 0) EXPECT_NE(::stat(previous().c_str(), &s), 0) << previous() << " is still there";
+  EXPECT_NE(temp_dir(), previous());  // a new one for this test
+}
+
+TEST_F(TempDir, C_NotForSuiteCode) {
+  EXPECT_NE(outside_error().find("temp_dir() is for a test"), std::string::npos)
+      << "'" << outside_error() << "'";
 }
 
 class Groups : public c10dtest::DistributedTest {};

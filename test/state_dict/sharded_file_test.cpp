@@ -10,14 +10,12 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
-#include <filesystem>
 #include <random>
 #include <string>
 #include <vector>
 
 namespace {
 
-namespace fs = std::filesystem;
 using c10dtest::DTensor;
 using c10dtest::FileFormatError;
 using c10dtest::Placement;
@@ -54,21 +52,8 @@ at::Tensor random_tensor(std::mt19937_64& rng, std::vector<std::int64_t> shape, 
 
 class ShardedFile : public c10dtest::DistributedTest {
  protected:
-  void SetUp() override {
-    std::string dir;
-    if (rank() == 0) {
-      std::string t = (fs::temp_directory_path() / "c10dtest-sharded-XXXXXX").string();
-      ASSERT_NE(::mkdtemp(t.data()), nullptr);
-      dir = t;
-    }
-    dir_ = c10dtest::World::instance().all_gather_text("sharded-file-dir", dir).at(0);
-  }
-  void TearDown() override {
-    c10dtest::World::instance().min_over_ranks(0);  // nobody reads any more
-    if (rank() == 0) fs::remove_all(dir_);
-  }
   std::string file(const std::string& name, int r) const {
-    return dir_ + "/" + name + ".rank" + std::to_string(r) + ".safetensors";
+    return temp_dir() + "/" + name + ".rank" + std::to_string(r) + ".safetensors";
   }
   // Every rank's file of `name`, starting with this rank's (so each rank reads in its own order).
   std::vector<std::string> files(const std::string& name) const {
@@ -76,8 +61,6 @@ class ShardedFile : public c10dtest::DistributedTest {
     for (int i = 0; i < world_size(); ++i) out.push_back(file(name, (rank() + i) % world_size()));
     return out;
   }
-
-  std::string dir_;
 };
 
 TEST_F(ShardedFile, RandomLayoutsComeBackWhole) {
