@@ -142,6 +142,7 @@ class World final : public Context {
   int phase_ = 0;        // numbers each stretch of suite-level code
   int call_seq_ = 0;
   std::string temp_dir_;  // the running test's temp_dir(), once asked for
+  std::string rebuild_error_;  // why the last rebuild of the world group failed, on some rank
 };
 
 }  // namespace c10dtest

@@ -176,6 +176,10 @@ void World::choose_device() {
 
 ProcessGroupPtr World::process_group() {
   if (!unavailable_.empty()) throw ConfigError(unavailable_);
+  if (!world_group_ && !rebuild_error_.empty()) {
+    throw Error("the world process group could not be rebuilt after a failed test: " +
+                rebuild_error_);
+  }
   if (!world_group_) {
     throw Error("the world process group is being rebuilt after a failed test; call "
                 "process_group() inside a test instead of keeping it across tests");
@@ -195,9 +199,30 @@ void World::rebuild_process_groups() {
   release_process_groups(true);
   if (!unavailable_.empty()) return;
   ++generation_;
-  auto store = c10::make_intrusive<c10d::PrefixStore>(
-      "pg/" + std::to_string(generation_) + "/world", control_->store());
-  world_group_ = make_process_group(store, rank(), world_size(), group_options("world", backend_));
+  const std::string prefix = "pg/" + std::to_string(generation_) + "/world";
+  std::string error;
+  try {
+    auto store = c10::make_intrusive<c10d::PrefixStore>(prefix, control_->store());
+    world_group_ = make_process_group(store, rank(), world_size(), group_options("world", backend_));
+  } catch (const std::exception& e) {
+    error = e.what();
+    world_group_.reset();
+  }
+  // Nobody goes on before every rank holds the new group: a rank that went on to the next test,
+  // failed it and released the group would close the connections of a rank still setting them
+  // up ("Connection closed by peer" out of the listener ended that rank's whole run).
+  const auto all = world_size() == 1
+                       ? std::vector<std::string>{error.empty() ? "ok" : "!" + error}
+                       : control_->all_gather(prefix + "/ready",
+                                              error.empty() ? "ok" : "!" + error,
+                                              options_.rendezvous_timeout, std::string("ok"));
+  rebuild_error_.clear();
+  for (std::size_t r = 0; r < all.size(); ++r) {
+    if (all[r] != "ok" && rebuild_error_.empty()) {
+      rebuild_error_ = "rank " + std::to_string(r) + ": " + all[r].substr(1);
+    }
+  }
+  if (!rebuild_error_.empty()) world_group_.reset();
 }
 
 ProcessGroupPtr World::new_subgroups(const std::vector<std::vector<int>>& groups) {
