@@ -2,37 +2,22 @@
 // DTensors and ShardedTensors) put back together into full tensors.
 #include <sys/stat.h>
 
-#include <nlohmann/json.hpp>
-
 #include <cstring>
 #include <map>
 
 #include "c10dtest/state_dict_file.hpp"
 #include "common/text.hpp"
+#include "state_dict/metadata_json.hpp"
 #include "state_dict/state_dict_file_internal.hpp"
 
 namespace c10dtest {
 namespace {
 
 using Json = nlohmann::ordered_json;
+using detail::metadata_object;
 using detail::shape_text;
 
 [[noreturn]] void fail(const std::string& what) { throw FileFormatError(what); }
-
-// One of c10dtest's metadata entries as a JSON object (empty when the file has none).
-Json metadata_object(const std::string& file, const std::map<std::string, std::string>& metadata,
-                     const char* name) {
-  const auto it = metadata.find(name);
-  if (it == metadata.end()) return Json::object();
-  Json j;
-  try {
-    j = Json::parse(it->second);
-  } catch (const Json::exception& e) {
-    fail(file + ": " + name + " is not valid JSON: " + e.what());
-  }
-  if (!j.is_object()) fail(file + ": " + name + " is not a JSON object");
-  return j;
-}
 
 std::vector<std::int64_t> non_negative_ints(const std::string& file, const std::string& name,
                                             const Json& entry, const char* field) {

@@ -19,6 +19,7 @@
 #include <random>
 
 #include "common/text.hpp"
+#include "state_dict/metadata_json.hpp"
 #include "state_dict/safetensors.hpp"
 #include "state_dict/state_dict_file_internal.hpp"
 
@@ -189,15 +190,8 @@ StateDictFile read_safetensors(const std::string& path, const File& file,
     }
     out.state_dict.insert(e.name, t);
   }
-  auto values = h.metadata.find(kValuesKey);
-  if (options.restore_values && values != h.metadata.end()) {
-    Json j;
-    try {
-      j = Json::parse(values->second);
-    } catch (const Json::exception& ex) {
-      fail(path, std::string(kValuesKey) + " is not valid JSON: " + ex.what());
-    }
-    if (!j.is_object()) fail(path, std::string(kValuesKey) + " is not a JSON object");
+  if (options.restore_values) {
+    const Json j = detail::metadata_object(path, h.metadata, kValuesKey);
     for (auto it = j.begin(); it != j.end(); ++it) {
       if (out.state_dict.contains(it.key())) {
         fail(path, std::string(kValuesKey) + " names " + it.key() + ", which is also a tensor");
